@@ -1,0 +1,110 @@
+"""Settings: defaults, then a YAML file (``--config``), then ``DOCKYARD_*`` variables,
+then command-line flags (highest)."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+
+class Settings(BaseSettings):
+    """Every key is documented in docs/configuration.md."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DOCKYARD_", extra="forbid", validate_default=True
+    )
+
+    listen: str = Field("127.0.0.1:5000", description="HOST:PORT to serve on")
+    data_dir: Path = Field(Path("dockyard-data"), description="where SQLite and blobs live")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default sqlite:///<data_dir>/dockyard.db"
+    )
+    workers: int = Field(1, ge=1, le=64, description="server processes sharing the data")
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    allow_open_registry: bool = Field(
+        False,
+        description="permit listening on a non-loopback address without authentication",
+    )
+    max_manifest_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    log_level: str = "info"
+    access_log: bool = True
+    upload_purge_after_seconds: int = Field(7 * 24 * 3600, ge=60)
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        parse_listen(value)
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'dockyard.db').resolve()}"
+
+    @property
+    def host(self) -> str:
+        return parse_listen(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return parse_listen(self.listen)[1]
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # init (flags and the YAML file, merged by load_settings) wins over the environment
+        return (init_settings, env_settings)
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"listen must be HOST:PORT, got {value!r}")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port_text)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build settings from an optional YAML file, the environment and explicit overrides.
+
+    Precedence, lowest first: defaults, the YAML file, ``DOCKYARD_*`` variables, flags. The
+    file's value for a key is dropped when the environment sets that key.
+    """
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        loaded = yaml.safe_load(config_file.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{config_file}: top level must be a mapping of settings")
+        for key, value in loaded.items():
+            name = str(key).replace("-", "_")
+            if f"DOCKYARD_{name.upper()}" not in os.environ:
+                values[name] = value
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return Settings(**values)

@@ -1,0 +1,1 @@
+"""Metadata: schema, migrations and queries grouped by entity (SQLAlchemy Core)."""

@@ -1,0 +1,66 @@
+"""Queries on blobs and their links to repositories."""
+
+from __future__ import annotations
+
+import time
+
+from sqlalchemy import Connection, delete, select
+
+from dockyard.db.dialect import insert_ignore
+from dockyard.db.schema import blobs, repository_blobs
+
+
+def record(conn: Connection, digest: str, size: int) -> None:
+    """Record that the blob is stored (idempotent)."""
+    insert_ignore(
+        conn, blobs, {"digest": digest, "size": size, "created_at": time.time()}, ["digest"]
+    )
+
+
+def link(conn: Connection, repository_id: int, digest: str) -> None:
+    """Make the blob servable from the repository (idempotent)."""
+    insert_ignore(
+        conn,
+        repository_blobs,
+        {"repository_id": repository_id, "digest": digest, "created_at": time.time()},
+        ["repository_id", "digest"],
+    )
+
+
+def unlink(conn: Connection, repository_id: int, digest: str) -> bool:
+    result = conn.execute(
+        delete(repository_blobs).where(
+            repository_blobs.c.repository_id == repository_id,
+            repository_blobs.c.digest == digest,
+        )
+    )
+    return result.rowcount > 0
+
+
+def linked_size(conn: Connection, repository_id: int, digest: str) -> int | None:
+    """The blob's size when it is linked to the repository, else None."""
+    return conn.execute(
+        select(blobs.c.size)
+        .join(repository_blobs, repository_blobs.c.digest == blobs.c.digest)
+        .where(
+            repository_blobs.c.repository_id == repository_id,
+            repository_blobs.c.digest == digest,
+        )
+    ).scalar()
+
+
+def linked_digests(conn: Connection, repository_id: int, digests: list[str]) -> set[str]:
+    """Which of ``digests`` are linked to the repository."""
+    if not digests:
+        return set()
+    rows = conn.execute(
+        select(repository_blobs.c.digest).where(
+            repository_blobs.c.repository_id == repository_id,
+            repository_blobs.c.digest.in_(digests),
+        )
+    )
+    return set(rows.scalars())
+
+
+def size(conn: Connection, digest: str) -> int | None:
+    return conn.execute(select(blobs.c.size).where(blobs.c.digest == digest)).scalar()

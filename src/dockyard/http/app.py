@@ -1,0 +1,227 @@
+"""The RSGI application granian serves: routing, errors, headers, access log, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+from sqlalchemy import func, select
+
+from dockyard.config import Settings
+from dockyard.db.schema import uploads
+from dockyard.http import metrics
+from dockyard.http.messages import (
+    API_VERSION_HEADER,
+    Request,
+    Response,
+    error_response,
+    json_response,
+)
+from dockyard.http.routes import Router
+from dockyard.http.v2_blobs import BlobEndpoints
+from dockyard.http.v2_manifests import ListingEndpoints, ManifestEndpoints
+from dockyard.oci.errors import RegistryError
+from dockyard.registry.service import Registry
+
+log = logging.getLogger("dockyard")
+
+SETTINGS_ENV = "DOCKYARD_SERVE_SETTINGS"
+
+_NAME = r"(?P<name>[^?#]+?)"
+_SEGMENT = r"[^/]+"
+
+
+class _CountingBody:
+    """The request body, counting the bytes that pass."""
+
+    def __init__(self, proto: Any) -> None:
+        self._proto = proto
+        self.count = 0
+
+    async def __aiter__(self) -> Any:
+        async for chunk in self._proto:
+            self.count += len(chunk)
+            yield chunk
+
+
+def build_router(registry: Registry) -> Router:
+    blobs = BlobEndpoints(registry)
+    manifests = ManifestEndpoints(registry)
+    listings = ListingEndpoints(registry)
+    router = Router()
+    router.add("base", r"/v2/?", GET=listings.base)
+    router.add("catalog", r"/v2/_catalog", GET=listings.catalog)
+    router.add("discover", r"/v2/_oci/ext/discover", GET=listings.discover)
+    router.add("tags", rf"/v2/{_NAME}/tags/list", GET=listings.tags)
+    router.add(
+        "manifest",
+        rf"/v2/{_NAME}/manifests/(?P<reference>{_SEGMENT})",
+        GET=manifests.get,
+        PUT=manifests.put,
+        DELETE=manifests.delete,
+    )
+    router.add("uploads", rf"/v2/{_NAME}/blobs/uploads/?", POST=blobs.start)
+    router.add(
+        "upload",
+        rf"/v2/{_NAME}/blobs/uploads/(?P<upload>{_SEGMENT})",
+        GET=blobs.status,
+        PATCH=blobs.patch,
+        PUT=blobs.put,
+        DELETE=blobs.cancel,
+    )
+    router.add(
+        "blob",
+        rf"/v2/{_NAME}/blobs/(?P<digest>{_SEGMENT})",
+        GET=blobs.get,
+        DELETE=blobs.delete,
+    )
+    router.add(
+        "referrers",
+        rf"/v2/{_NAME}/referrers/(?P<digest>{_SEGMENT})",
+        GET=listings.referrers,
+    )
+    return router
+
+
+class App:
+    """One instance per worker process; the registry is opened in ``__rsgi_init__``."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.registry: Registry | None = None
+        self.router: Router | None = None
+        self.access_log = settings.access_log
+
+    def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.registry = Registry.from_settings(self.settings)
+        self.router = build_router(self.registry)
+
+    def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self.registry is not None:
+            self.registry.close()
+
+    async def __rsgi__(self, scope: Any, proto: Any) -> None:
+        started = time.perf_counter()
+        body = _CountingBody(proto)
+        request = Request(
+            method=scope.method,
+            path=scope.path,
+            query_string=scope.query_string,
+            headers=scope.headers,
+            body=body,
+            client=scope.client,
+        )
+        route_name = "other"
+        try:
+            response, route_name = await self.handle(request)
+        except RegistryError as error:
+            response = error_response(error)
+        except Exception:
+            log.exception("unhandled error on %s %s", request.method, request.path[:200])
+            response = json_response(
+                500,
+                {"errors": [{"code": "UNKNOWN", "message": "internal server error"}]},
+            )
+        sent = self.send(proto, request.method, response)
+        elapsed = time.perf_counter() - started
+        metrics.observe(route_name, request.method, response.status, elapsed, body.count, sent)
+        if self.access_log:
+            _write_access_log(request, response.status, body.count, sent, elapsed, route_name)
+
+    async def handle(self, request: Request) -> tuple[Response, str]:
+        path = request.path
+        if not path.startswith("/v2"):
+            return await self.operations(request), path.strip("/") or "root"
+        assert self.router is not None
+        route_name = "other"
+        try:
+            route, handler, params = self.router.match(request)
+            route_name = route.name
+            return await handler(request, **params), route_name
+        except RegistryError as error:
+            return error_response(error), route_name
+
+    async def operations(self, request: Request) -> Response:
+        """Health, readiness and metrics; nothing else lives outside /v2 yet."""
+        assert self.registry is not None
+        if request.path == "/healthz":
+            return json_response(200, {"status": "ok"})
+        if request.path == "/readyz":
+            try:
+                await self.registry.ctx.read(lambda conn: conn.execute(select(1)).scalar())
+            except Exception as exc:
+                log.warning("not ready: %s", exc)
+                return json_response(503, {"status": "unavailable"})
+            return json_response(200, {"status": "ready"})
+        if request.path == "/metrics":
+            registry = self.registry
+            body, content_type = await registry.ctx.run(
+                lambda: metrics.render(lambda: _count_uploads(registry))
+            )
+            return Response(200, [("Content-Type", content_type)], body)
+        return error_response_for_unknown(request)
+
+    @staticmethod
+    def send(proto: Any, method: str, response: Response) -> int:
+        headers = [API_VERSION_HEADER, *response.headers]
+        if method == "HEAD":
+            if response.content_length is not None:
+                headers.append(("Content-Length", str(response.content_length)))
+            proto.response_empty(response.status, headers)
+            return 0
+        if response.file is not None and response.file_range is not None:
+            start, end = response.file_range
+            if response.status == 206:
+                proto.response_file_range(response.status, headers, response.file, start, end)
+            else:
+                proto.response_file(response.status, headers, response.file)
+            return end - start
+        proto.response_bytes(response.status, headers, response.body)
+        return len(response.body)
+
+
+def error_response_for_unknown(request: Request) -> Response:
+    from dockyard.oci.errors import NotFound
+
+    return error_response(NotFound(f"no such endpoint: {request.path[:100]}"))
+
+
+def _count_uploads(registry: Registry) -> int:
+    with registry.ctx.db.reader.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(uploads)).scalar() or 0)
+
+
+def _write_access_log(
+    request: Request, status: int, bytes_in: int, bytes_out: int, seconds: float, route: str
+) -> None:
+    line = json.dumps(
+        {
+            "ts": round(time.time(), 3),
+            "client": request.client,
+            "method": request.method,
+            "path": request.path,
+            "route": route,
+            "status": status,
+            "bytes_in": bytes_in,
+            "bytes_out": bytes_out,
+            "ms": round(seconds * 1000, 3),
+            "ua": request.header("user-agent"),
+        },
+        separators=(",", ":"),
+    )
+    sys.stdout.write(line + "\n")
+
+
+def make_app() -> App:
+    """Granian's factory: settings come from the serving process through the environment."""
+    settings = Settings.model_validate(json.loads(os.environ[SETTINGS_ENV]))
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format='{"ts":%(created).3f,"level":"%(levelname)s","logger":"%(name)s","msg":%(message)r}',
+    )
+    return App(settings)

@@ -1,0 +1,169 @@
+"""Blob and upload endpoints of the distribution API."""
+
+from __future__ import annotations
+
+from dockyard.http.messages import Request, Response
+from dockyard.oci.digest import parse_digest
+from dockyard.oci.errors import BlobUploadInvalid, RangeInvalid
+from dockyard.oci.names import validate_name
+from dockyard.registry.service import Registry
+from dockyard.registry.uploads import UploadStatus, check_content_range
+
+
+class BlobEndpoints:
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    # GET/HEAD/DELETE /v2/<name>/blobs/<digest>
+
+    async def get(self, request: Request, name: str, digest: str) -> Response:
+        validate_name(name)
+        blob = await self.registry.blobs.stat(name, digest)
+        etag = f'"{blob.digest}"'
+        headers = [
+            ("Docker-Content-Digest", blob.digest),
+            ("ETag", etag),
+            ("Accept-Ranges", "bytes"),
+            ("Cache-Control", "max-age=31536000"),
+        ]
+        if etag in (request.header("if-none-match") or ""):
+            return Response(304, headers)
+        headers.append(("Content-Type", "application/octet-stream"))
+        byte_range = _parse_range(request.header("range"), blob.size)
+        if byte_range is None:
+            return Response(
+                200, headers, file=blob.path, file_range=(0, blob.size), content_length=blob.size
+            )
+        start, end = byte_range
+        headers.append(("Content-Range", f"bytes {start}-{end - 1}/{blob.size}"))
+        return Response(
+            206, headers, file=blob.path, file_range=(start, end), content_length=end - start
+        )
+
+    async def delete(self, request: Request, name: str, digest: str) -> Response:
+        validate_name(name)
+        await self.registry.blobs.delete(name, digest)
+        return Response(202, [("Docker-Content-Digest", digest), ("Content-Length", "0")])
+
+    # POST /v2/<name>/blobs/uploads/
+
+    async def start(self, request: Request, name: str) -> Response:
+        validate_name(name)
+        mount, source = request.arg("mount"), request.arg("from")
+        if mount is not None:
+            parse_digest(mount)
+            if source is not None and source != name:
+                validate_name(source)
+                if await self.registry.blobs.mount(name, mount, source):
+                    return _created(name, mount)
+        digest = request.arg("digest")
+        if digest is not None:
+            status = await self.registry.uploads.push(
+                name, digest, request.chunks(), request.content_length()
+            )
+            return _created(name, digest)
+        algorithm = request.arg("digest-algorithm") or "sha256"
+        status = await self.registry.uploads.start(name, algorithm)
+        return _accepted(name, status)
+
+    # GET/PATCH/PUT/DELETE /v2/<name>/blobs/uploads/<id>
+
+    async def status(self, request: Request, name: str, upload: str) -> Response:
+        validate_name(name)
+        status = await self.registry.uploads.status(name, upload)
+        return _accepted(name, status, status_code=204)
+
+    async def patch(self, request: Request, name: str, upload: str) -> Response:
+        validate_name(name)
+        start, length = _chunk_bounds(request)
+        status = await self.registry.uploads.append(
+            name, upload, request.chunks(), start=start, length=length
+        )
+        return _accepted(name, status)
+
+    async def put(self, request: Request, name: str, upload: str) -> Response:
+        validate_name(name)
+        digest = request.arg("digest")
+        if digest is None:
+            raise BlobUploadInvalid("the final PUT of an upload needs ?digest=")
+        parse_digest(digest)
+        start, length = _chunk_bounds(request)
+        has_body = bool(length) or request.header("transfer-encoding") is not None
+        await self.registry.uploads.finish(
+            name,
+            upload,
+            digest,
+            request.chunks() if has_body else None,
+            length=length,
+            start=start,
+        )
+        return _created(name, digest)
+
+    async def cancel(self, request: Request, name: str, upload: str) -> Response:
+        validate_name(name)
+        await self.registry.uploads.cancel(name, upload)
+        return Response(204, [("Content-Length", "0")])
+
+
+def _created(name: str, digest: str) -> Response:
+    return Response(
+        201,
+        [
+            ("Location", f"/v2/{name}/blobs/{digest}"),
+            ("Docker-Content-Digest", digest),
+            ("Content-Length", "0"),
+        ],
+    )
+
+
+def _accepted(name: str, status: UploadStatus, status_code: int = 202) -> Response:
+    last = status.size - 1 if status.size else 0
+    return Response(
+        status_code,
+        [
+            ("Location", f"/v2/{name}/blobs/uploads/{status.id}"),
+            ("Docker-Upload-UUID", status.id),
+            ("Range", f"0-{last}"),
+            ("Content-Length", "0"),
+        ],
+    )
+
+
+def _chunk_bounds(request: Request) -> tuple[int | None, int | None]:
+    """Where a chunk must start (from Content-Range) and how long it is."""
+    length = request.content_length()
+    bounds = check_content_range(request.header("content-range"))
+    if bounds is None:
+        return None, length
+    start, end = bounds
+    if length is not None and length != end - start + 1:
+        raise RangeInvalid(
+            f"Content-Range {start}-{end} is {end - start + 1} bytes but Content-Length is "
+            f"{length}"
+        )
+    return start, end - start + 1
+
+
+def _parse_range(value: str | None, size: int) -> tuple[int, int] | None:
+    """A single ``bytes=`` range as [start, end), or None for the whole blob."""
+    if not value:
+        return None
+    unsatisfiable = RangeInvalid(
+        f"range {value[:60]!r} not satisfiable for a blob of {size} bytes",
+        headers={"Content-Range": f"bytes */{size}"},
+    )
+    text = value.strip()
+    if not text.startswith("bytes=") or "," in text:
+        raise unsatisfiable
+    first, sep, last = text[len("bytes=") :].strip().partition("-")
+    if not sep or (first and not first.isdigit()) or (last and not last.isdigit()):
+        raise unsatisfiable
+    if not first:
+        if not last or int(last) == 0:
+            raise unsatisfiable
+        return max(0, size - int(last)), size
+    start = int(first)
+    end = size if not last else min(int(last) + 1, size)
+    if start >= size or end <= start:
+        raise unsatisfiable
+    return start, end

@@ -1,0 +1,1 @@
+"""The pure model of the OCI / Docker registry protocol: no I/O here."""

@@ -1,0 +1,1 @@
+"""The registry core, transport-free: uploads, blobs, manifests, tags, referrers."""

@@ -1,0 +1,61 @@
+"""What every registry service shares: the database, the blob store, the settings."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from sqlalchemy import Connection
+
+from dockyard.db.engine import Database
+from dockyard.storage.base import BlobStore
+
+T = TypeVar("T")
+
+
+@dataclass
+class Limits:
+    max_manifest_bytes: int = 4 * 1024 * 1024
+    max_page_size: int = 10_000
+
+
+@dataclass
+class Context:
+    db: Database
+    store: BlobStore
+    limits: Limits = field(default_factory=Limits)
+    executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=16, thread_name_prefix="db")
+    )
+
+    async def read(self, fn: Callable[[Connection], T]) -> T:
+        """Run ``fn`` in a read transaction.
+
+        SQLite reads take microseconds and never wait for writers (WAL), so they run inline
+        on the event loop; other databases are reached over the network, from a thread.
+        """
+        if self.db.is_sqlite:
+            return self._read_sync(fn)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, self._read_sync, fn)
+
+    def _read_sync(self, fn: Callable[[Connection], T]) -> T:
+        with self.db.reader.connect() as conn:
+            return fn(conn)
+
+    async def write(self, fn: Callable[[Connection], T]) -> T:
+        """Run ``fn`` in one write transaction, from a thread (writers may queue)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, self._write_sync, fn)
+
+    def _write_sync(self, fn: Callable[[Connection], T]) -> T:
+        with self.db.writer.begin() as conn:
+            return fn(conn)
+
+    async def run(self, fn: Callable[[], T]) -> T:
+        """Run blocking I/O (fsync, rename, re-hashing) off the event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, fn)

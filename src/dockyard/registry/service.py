@@ -1,0 +1,34 @@
+"""The registry: one object holding every core service over one context."""
+
+from __future__ import annotations
+
+from dockyard.config import Settings
+from dockyard.db.engine import Database
+from dockyard.registry.blobs import Blobs
+from dockyard.registry.context import Context, Limits
+from dockyard.registry.listings import Listings
+from dockyard.registry.manifests import Manifests
+from dockyard.registry.referrers import Referrers
+from dockyard.registry.uploads import Uploads
+from dockyard.storage.filesystem import FilesystemBlobStore
+
+
+class Registry:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.blobs = Blobs(ctx)
+        self.uploads = Uploads(ctx)
+        self.manifests = Manifests(ctx)
+        self.listings = Listings(ctx)
+        self.referrers = Referrers(ctx)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Registry:
+        db = Database(settings.resolved_database_url)
+        store = FilesystemBlobStore(settings.data_dir.resolve())
+        limits = Limits(max_manifest_bytes=settings.max_manifest_bytes)
+        return cls(Context(db=db, store=store, limits=limits))
+
+    def close(self) -> None:
+        self.ctx.executor.shutdown(wait=False)
+        self.ctx.db.dispose()

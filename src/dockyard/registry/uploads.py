@@ -1,0 +1,268 @@
+"""Blob uploads: sessions that become blobs only once their digest is verified.
+
+Bytes are appended to the blob store's upload area while a running hash advances, inline
+on the event loop (one write and one hash update per received chunk). The running hash
+lives in the process that received the bytes; a chunk or a final PUT that lands in another
+worker process re-hashes the bytes already stored (from disk, ~1.2 GB/s) and carries on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from sqlalchemy import Connection
+
+from dockyard.db import blobs as blob_db
+from dockyard.db import repositories as repo_db
+from dockyard.db import uploads as upload_db
+from dockyard.oci.digest import SUPPORTED_ALGORITHMS, parse_digest
+from dockyard.oci.errors import (
+    BlobUploadInvalid,
+    BlobUploadUnknown,
+    DigestInvalid,
+    RangeInvalid,
+    SizeInvalid,
+)
+from dockyard.registry.context import Context
+from dockyard.storage.base import UploadBusy, UploadWriter
+
+_MAX_RUNNING_HASHES = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class UploadStatus:
+    id: str
+    size: int
+
+
+@dataclass
+class _RunningHash:
+    algorithm: str
+    offset: int
+    hasher: hashlib._Hash
+
+
+class Uploads:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self._hashes: OrderedDict[str, _RunningHash] = OrderedDict()
+
+    async def start(self, name: str, hash_algorithm: str = "sha256") -> UploadStatus:
+        if hash_algorithm not in SUPPORTED_ALGORITHMS:
+            raise BlobUploadInvalid(
+                f"unsupported digest-algorithm {hash_algorithm[:40]!r}; use sha256 or sha512"
+            )
+        upload_id = str(uuid.uuid4())
+        await self.ctx.run(lambda: self.ctx.store.create_upload(upload_id))
+
+        def create(conn: Connection) -> None:
+            upload_db.create(conn, upload_id, repo_db.ensure(conn, name), hash_algorithm)
+
+        try:
+            await self.ctx.write(create)
+        except BaseException:
+            self.ctx.store.delete_upload(upload_id)
+            raise
+        self._hashes[upload_id] = _RunningHash(hash_algorithm, 0, hashlib.new(hash_algorithm))
+        return UploadStatus(upload_id, 0)
+
+    async def _row(self, name: str, upload_id: str) -> upload_db.UploadRow:
+        def lookup(conn: Connection) -> upload_db.UploadRow | None:
+            row = upload_db.get(conn, upload_id)
+            if row is None or repo_db.get_id(conn, name) != row.repository_id:
+                return None
+            return row
+
+        row = await self.ctx.read(lookup) if _is_upload_id(upload_id) else None
+        if row is None:
+            raise BlobUploadUnknown(detail={"upload": upload_id[:80]})
+        return row
+
+    async def status(self, name: str, upload_id: str) -> UploadStatus:
+        await self._row(name, upload_id)
+        size = self.ctx.store.upload_size(upload_id)
+        if size is None:
+            raise BlobUploadUnknown(detail={"upload": upload_id})
+        return UploadStatus(upload_id, size)
+
+    def _open(self, upload_id: str, start: int | None) -> UploadWriter:
+        size = self.ctx.store.upload_size(upload_id)
+        if size is None:
+            raise BlobUploadUnknown(detail={"upload": upload_id})
+        if start is not None and start != size:
+            raise RangeInvalid(
+                f"chunk starts at byte {start} but the upload has {size} bytes",
+                headers={"Range": f"0-{size - 1}" if size else "0-0"},
+            )
+        try:
+            return self.ctx.store.open_upload(upload_id, size)
+        except UploadBusy:
+            raise RangeInvalid(
+                "another request is writing to this upload",
+                headers={"Range": f"0-{size - 1}" if size else "0-0"},
+            ) from None
+        except ValueError:  # grew between stat and lock: a concurrent writer finished
+            raise RangeInvalid("the upload changed while this chunk arrived") from None
+
+    async def _running_hash(self, upload_id: str, algorithm: str, offset: int) -> _RunningHash:
+        """The hash of the upload's first ``offset`` bytes, re-hashed from storage if needed."""
+        state = self._hashes.get(upload_id)
+        if state is not None and state.algorithm == algorithm and state.offset == offset:
+            self._hashes.move_to_end(upload_id)
+            return state
+
+        def rehash() -> _RunningHash:
+            hasher = hashlib.new(algorithm)
+            seen = 0
+            for chunk in self.ctx.store.read_upload(upload_id):
+                take = chunk[: offset - seen]
+                hasher.update(take)
+                seen += len(take)
+                if seen >= offset:
+                    break
+            return _RunningHash(algorithm, seen, hasher)
+
+        state = await self.ctx.run(rehash)
+        self._hashes[upload_id] = state
+        while len(self._hashes) > _MAX_RUNNING_HASHES:
+            self._hashes.popitem(last=False)
+        return state
+
+    async def _receive(
+        self,
+        upload_id: str,
+        writer: UploadWriter,
+        state: _RunningHash,
+        chunks: AsyncIterator[bytes],
+        length: int | None,
+    ) -> None:
+        """Append the body to the upload, all of it or (on any failure) none of it."""
+        received = 0
+        try:
+            async for chunk in chunks:
+                if not chunk:
+                    continue
+                writer.write(chunk)
+                state.hasher.update(chunk)
+                received += len(chunk)
+                if length is not None and received > length:
+                    raise SizeInvalid(
+                        "request body is longer than its Content-Length / Content-Range"
+                    )
+            if length is not None and received != length:
+                raise SizeInvalid(
+                    f"received {received} bytes but the request declared {length}",
+                    detail={"declared": length, "received": received},
+                )
+        except BaseException:
+            writer.rollback()
+            self._hashes.pop(upload_id, None)
+            raise
+        state.offset += received
+
+    async def append(
+        self,
+        name: str,
+        upload_id: str,
+        chunks: AsyncIterator[bytes],
+        start: int | None = None,
+        length: int | None = None,
+    ) -> UploadStatus:
+        """A PATCH: stream a chunk onto the end of the upload."""
+        row = await self._row(name, upload_id)
+        writer = self._open(upload_id, start)
+        try:
+            state = await self._running_hash(upload_id, row.hash_algorithm, writer.size)
+            await self._receive(upload_id, writer, state, chunks, length)
+            return UploadStatus(upload_id, writer.size)
+        finally:
+            writer.close()
+
+    async def finish(
+        self,
+        name: str,
+        upload_id: str,
+        digest: str,
+        chunks: AsyncIterator[bytes] | None = None,
+        length: int | None = None,
+        start: int | None = None,
+    ) -> UploadStatus:
+        """The final PUT: take the last chunk, verify digest and size, publish the blob."""
+        parsed = parse_digest(digest)
+        row = await self._row(name, upload_id)
+        writer = self._open(upload_id, start)
+        try:
+            if chunks is not None:
+                state = await self._running_hash(upload_id, row.hash_algorithm, writer.size)
+                await self._receive(upload_id, writer, state, chunks, length)
+            size = writer.size
+            state = await self._running_hash(upload_id, parsed.algorithm, size)
+            actual = f"{parsed.algorithm}:{state.hasher.copy().hexdigest()}"
+            if actual != digest:
+                writer.rollback()
+                raise DigestInvalid(
+                    "the uploaded content does not match the digest given",
+                    detail={"expected": digest, "actual": actual, "size": size},
+                )
+            await self.ctx.run(lambda: self.ctx.store.publish_upload(upload_id, digest))
+
+            def commit(conn: Connection) -> None:
+                blob_db.record(conn, digest, size)
+                blob_db.link(conn, row.repository_id, digest)
+                upload_db.remove(conn, upload_id)
+
+            await self.ctx.write(commit)
+            self._hashes.pop(upload_id, None)
+            return UploadStatus(upload_id, size)
+        finally:
+            writer.close()
+
+    async def cancel(self, name: str, upload_id: str) -> None:
+        await self._row(name, upload_id)
+        await self.ctx.write(lambda conn: upload_db.remove(conn, upload_id))
+        self.ctx.store.delete_upload(upload_id)
+        self._hashes.pop(upload_id, None)
+
+    async def push(
+        self, name: str, digest: str, chunks: AsyncIterator[bytes], length: int | None
+    ) -> UploadStatus:
+        """A single-request upload (``POST ?digest=`` with the whole blob as the body)."""
+        parsed = parse_digest(digest)
+        status = await self.start(name, parsed.algorithm)
+        try:
+            return await self.finish(name, status.id, digest, chunks, length)
+        except BaseException:
+            with contextlib.suppress(BlobUploadUnknown):
+                await self.cancel(name, status.id)
+            raise
+
+
+def _is_upload_id(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+def check_content_range(value: str | None) -> tuple[int, int] | None:
+    """Parse ``Content-Range`` of an upload chunk: ``0-1023`` or ``bytes=0-1023`` (inclusive)."""
+    if value is None:
+        return None
+    text = value.strip()
+    for prefix in ("bytes=", "bytes "):
+        if text.startswith(prefix):
+            text = text[len(prefix) :]
+    text = text.split("/", 1)[0]
+    start_text, sep, end_text = text.partition("-")
+    if not sep or not start_text.isdigit() or not end_text.isdigit():
+        raise RangeInvalid(f"invalid Content-Range {value[:60]!r}")
+    start, end = int(start_text), int(end_text)
+    if end < start or end >= 2**62:
+        raise RangeInvalid(f"invalid Content-Range {value[:60]!r}")
+    return start, end

@@ -1,0 +1,1 @@
+"""Blob bytes: one ``BlobStore`` interface, one driver per backend."""

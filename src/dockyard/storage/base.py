@@ -1,0 +1,66 @@
+"""The interface every blob storage driver implements.
+
+Blobs are content-addressed and immutable once published. Uploads are private work areas
+that become a blob only through ``publish_upload``, which must be atomic: a reader sees
+either no blob or the whole, verified blob.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Protocol
+
+
+class UploadWriter(Protocol):
+    """Appends to one upload; holds that upload's write lock until closed."""
+
+    @property
+    def size(self) -> int: ...
+
+    def write(self, data: bytes) -> None: ...
+
+    def rollback(self) -> None:
+        """Drop everything written through this writer (the upload is as it was)."""
+
+    def close(self) -> None: ...
+
+
+class UploadBusy(Exception):
+    """Another request is writing to the same upload right now."""
+
+
+class BlobStore(Protocol):
+    def stat_blob(self, digest: str) -> int | None:
+        """The blob's size, or None when it is not stored."""
+
+    def blob_path(self, digest: str) -> str | None:
+        """A local file to send zero-copy, or None when the driver has none."""
+
+    def read_blob(self, digest: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        """The blob's bytes from ``start`` up to ``end`` (exclusive)."""
+
+    def delete_blob(self, digest: str) -> None: ...
+
+    def list_blobs(self) -> Iterator[str]: ...
+
+    def create_upload(self, upload_id: str) -> None: ...
+
+    def upload_size(self, upload_id: str) -> int | None:
+        """Bytes received so far, or None when the upload does not exist."""
+
+    def open_upload(self, upload_id: str, offset: int) -> UploadWriter:
+        """Lock the upload and append at ``offset``, which must equal its size.
+
+        Raises ``UploadBusy`` when another writer holds the upload and ``ValueError`` when
+        ``offset`` is not the current size.
+        """
+
+    def read_upload(self, upload_id: str, start: int = 0) -> Iterator[bytes]: ...
+
+    def publish_upload(self, upload_id: str, digest: str) -> None:
+        """Atomically make the upload's bytes the blob ``digest`` and remove the upload."""
+
+    def delete_upload(self, upload_id: str) -> None: ...
+
+    def list_uploads(self) -> Iterator[tuple[str, float]]:
+        """Every upload id with the time it was last written (epoch seconds)."""

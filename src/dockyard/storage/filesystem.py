@@ -1,0 +1,163 @@
+"""Blobs as files under a root directory.
+
+Layout::
+
+    <root>/blobs/<algorithm>/<first two hex>/<hex>   published blobs
+    <root>/uploads/<upload id>                        uploads in progress
+
+Publishing is fsync + rename on the same filesystem, so a blob file is either absent or
+complete, whatever moment the process is killed at.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+from dockyard.storage.base import UploadBusy
+
+_UPLOAD_ID_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
+_READ_CHUNK = 1024 * 1024
+
+
+class FileUploadWriter:
+    def __init__(self, path: Path, offset: int) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UploadBusy(str(path)) from None
+        size = os.fstat(fd).st_size
+        if size != offset:
+            os.close(fd)
+            raise ValueError(f"upload has {size} bytes, chunk starts at {offset}")
+        self._fd = fd
+        self._start = size
+        self._size = size
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+        self._size += len(data)
+
+    def rollback(self) -> None:
+        if self._fd >= 0 and self._size != self._start:
+            os.ftruncate(self._fd, self._start)
+            self._size = self._start
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)  # closing releases the flock
+            self._fd = -1
+
+
+class FilesystemBlobStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._blobs = root / "blobs"
+        self._uploads = root / "uploads"
+        self._blobs.mkdir(parents=True, exist_ok=True)
+        self._uploads.mkdir(parents=True, exist_ok=True)
+
+    # blobs
+
+    def _blob_file(self, digest: str) -> Path:
+        algorithm, _, hex_part = digest.partition(":")
+        if not hex_part or "/" in digest or ".." in digest:
+            raise ValueError(f"not a digest: {digest!r}")
+        return self._blobs / algorithm / hex_part[:2] / hex_part
+
+    def stat_blob(self, digest: str) -> int | None:
+        try:
+            return os.stat(self._blob_file(digest)).st_size
+        except FileNotFoundError:
+            return None
+
+    def blob_path(self, digest: str) -> str | None:
+        return str(self._blob_file(digest))
+
+    def read_blob(self, digest: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        with open(self._blob_file(digest), "rb") as handle:
+            handle.seek(start)
+            remaining = None if end is None else end - start
+            while remaining is None or remaining > 0:
+                size = _READ_CHUNK if remaining is None else min(_READ_CHUNK, remaining)
+                chunk = handle.read(size)
+                if not chunk:
+                    return
+                if remaining is not None:
+                    remaining -= len(chunk)
+                yield chunk
+
+    def delete_blob(self, digest: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._blob_file(digest).unlink()
+
+    def list_blobs(self) -> Iterator[str]:
+        for algorithm_dir in self._blobs.iterdir():
+            for prefix in algorithm_dir.iterdir():
+                for blob in prefix.iterdir():
+                    if not blob.name.startswith("."):
+                        yield f"{algorithm_dir.name}:{blob.name}"
+
+    # uploads
+
+    def _upload_file(self, upload_id: str) -> Path:
+        if not _UPLOAD_ID_RE.match(upload_id):
+            raise ValueError(f"not an upload id: {upload_id!r}")
+        return self._uploads / upload_id
+
+    def create_upload(self, upload_id: str) -> None:
+        self._upload_file(upload_id).touch(exist_ok=False)
+
+    def upload_size(self, upload_id: str) -> int | None:
+        try:
+            return os.stat(self._upload_file(upload_id)).st_size
+        except FileNotFoundError:
+            return None
+
+    def open_upload(self, upload_id: str, offset: int) -> FileUploadWriter:
+        return FileUploadWriter(self._upload_file(upload_id), offset)
+
+    def read_upload(self, upload_id: str, start: int = 0) -> Iterator[bytes]:
+        with open(self._upload_file(upload_id), "rb") as handle:
+            handle.seek(start)
+            while chunk := handle.read(_READ_CHUNK):
+                yield chunk
+
+    def publish_upload(self, upload_id: str, digest: str) -> None:
+        source = self._upload_file(upload_id)
+        target = self._blob_file(digest)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(source, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        # Same content under the same name: replacing an existing blob is harmless.
+        os.replace(source, target)
+        dir_fd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def delete_upload(self, upload_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._upload_file(upload_id).unlink()
+
+    def list_uploads(self) -> Iterator[tuple[str, float]]:
+        for entry in os.scandir(self._uploads):
+            if entry.is_file():
+                yield entry.name, entry.stat().st_mtime

@@ -1,0 +1,42 @@
+"""Shared fixtures: a Dockyard server per test session (or per test where a test needs its
+own), started as a real process on a free port.
+
+Set ``DOCKYARD_TEST_TARGET=distribution`` to run the API tests against CNCF Distribution
+2.8.2 instead: a quick way to check that a test encodes the spec, not our implementation.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.processes import Server, start_distribution, start_dockyard
+
+TARGET = os.environ.get("DOCKYARD_TEST_TARGET", "dockyard")
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One registry shared by the tests of a session (each test uses its own repositories)."""
+    root = tmp_path_factory.mktemp("registry")
+    if TARGET == "distribution":
+        server = start_distribution(root / "data")
+    else:
+        server = start_dockyard(root / "data")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def own_registry(tmp_path: Path) -> Iterator[Server]:
+    """A registry for one test alone (for tests that restart, kill or fill it)."""
+    server = start_dockyard(tmp_path / "data")
+    try:
+        yield server
+    finally:
+        server.stop()

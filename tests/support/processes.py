@@ -1,0 +1,164 @@
+"""Start and stop the servers tests need: free ports, readiness polling with a deadline,
+cleanup by PID."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``check`` until it returns True; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(Exception):
+            if check():
+                return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def kill_tree(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 15) -> None:
+    """Signal the process group started for ``proc`` and wait for it."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=timeout)
+
+
+def dockyard_command() -> list[str]:
+    exe = shutil.which("dockyard", path=str(Path(sys.executable).parent))
+    return [exe] if exe else [sys.executable, "-m", "dockyard"]
+
+
+@dataclass
+class Server:
+    """A registry process under test."""
+
+    url: str
+    data_dir: Path
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    args: list[str] = field(default_factory=list)
+
+    @property
+    def host(self) -> str:
+        """``127.0.0.1:PORT``, as clients name the registry."""
+        return self.url.split("://", 1)[1]
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        kill_tree(self.proc, sig)
+
+
+def start_dockyard(
+    data_dir: Path,
+    *extra: str,
+    port: int | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 30,
+) -> Server:
+    port = port or free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log_path = data_dir.parent / f"{data_dir.name}-{port}.log"
+    args = [
+        *dockyard_command(),
+        "serve",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--data-dir",
+        str(data_dir),
+        *extra,
+    ]
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, **(env or {})},
+        )
+    scheme = "https" if "--tls-cert" in extra else "http"
+    server = Server(f"{scheme}://127.0.0.1:{port}", data_dir, proc, log_path, args)
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"dockyard exited with {proc.returncode}:\n{server.log()}")
+        return httpx.get(f"{server.url}/readyz", timeout=2, verify=False).status_code == 200
+
+    try:
+        wait_until(ready, timeout, f"dockyard on port {port}")
+    except BaseException:
+        server.stop(signal.SIGKILL)
+        raise
+    return server
+
+
+def start_distribution(root: Path, port: int | None = None, timeout: float = 30) -> Server:
+    """CNCF Distribution 2.8.2 (Debian ``docker-registry``), for comparison."""
+    port = port or free_port()
+    root.mkdir(parents=True, exist_ok=True)
+    config = root.parent / f"{root.name}-config.yml"
+    config.write_text(
+        "version: 0.1\n"
+        "log:\n  level: warn\n"
+        "storage:\n"
+        f"  filesystem:\n    rootdirectory: {root}\n"
+        "  delete:\n    enabled: true\n"
+        "http:\n"
+        f"  addr: 127.0.0.1:{port}\n"
+    )
+    log_path = root.parent / f"{root.name}-{port}.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            ["docker-registry", "serve", str(config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    server = Server(f"http://127.0.0.1:{port}", root, proc, log_path)
+    try:
+        wait_until(
+            lambda: httpx.get(f"{server.url}/v2/", timeout=2).status_code == 200,
+            timeout,
+            f"docker-registry on port {port}",
+        )
+    except BaseException:
+        server.stop(signal.SIGKILL)
+        raise
+    return server
+
+
+@contextlib.contextmanager
+def running_dockyard(data_dir: Path, *extra: str, **kwargs: object) -> Iterator[Server]:
+    server = start_dockyard(data_dir, *extra, **kwargs)  # type: ignore[arg-type]
+    try:
+        yield server
+    finally:
+        server.stop()
