@@ -29,7 +29,9 @@ def main() -> None:
 @main.command()
 @click.option("--config", "config", type=click.Path(path_type=Path, exists=True), help="YAML file")
 @click.option("--listen", help="HOST:PORT to listen on [127.0.0.1:5000]")
-@click.option("--data-dir", type=click.Path(path_type=Path), help="data directory [./dockyard-data]")
+@click.option(
+    "--data-dir", type=click.Path(path_type=Path), help="data directory [./dockyard-data]"
+)
 @click.option("--database-url", help="SQLAlchemy database URL [SQLite in the data directory]")
 @click.option("--workers", type=int, help="server processes [1]")
 @click.option("--tls-cert", type=click.Path(path_type=Path), help="PEM certificate (chain)")
@@ -44,7 +46,8 @@ def main() -> None:
 @click.option("--access-log/--no-access-log", default=None, help="one JSON line per request")
 def serve(config: Path | None, **flags: Any) -> None:
     """Serve the registry (SQLite + filesystem under the data directory by default)."""
-    from dockyard.server import ServeRefused, serve as run
+    from dockyard.server import ServeRefused
+    from dockyard.server import serve as run
 
     settings = _settings(config, **flags)
     try:

@@ -20,9 +20,7 @@ from pydantic_settings import (
 class Settings(BaseSettings):
     """Every key is documented in docs/configuration.md."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="DOCKYARD_", extra="forbid", validate_default=True
-    )
+    model_config = SettingsConfigDict(env_prefix="DOCKYARD_", extra="forbid", validate_default=True)
 
     listen: str = Field("127.0.0.1:5000", description="HOST:PORT to serve on")
     data_dir: Path = Field(Path("dockyard-data"), description="where SQLite and blobs live")

@@ -36,9 +36,7 @@ def remove(conn: Connection, repository_id: int, name: str) -> bool:
 def list_names(
     conn: Connection, repository_id: int, last: str | None, limit: int | None
 ) -> list[str]:
-    query = (
-        select(tags.c.name).where(tags.c.repository_id == repository_id).order_by(tags.c.name)
-    )
+    query = select(tags.c.name).where(tags.c.repository_id == repository_id).order_by(tags.c.name)
     if last:
         query = query.where(tags.c.name > last)
     if limit is not None:

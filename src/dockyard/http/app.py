@@ -118,7 +118,7 @@ class App:
         )
         route_name = "other"
         try:
-            response, route_name = await self.handle(request)
+            response, route_name = await self.handle_cached(request)
         except RegistryError as error:
             response = error_response(error)
         except Exception:
@@ -132,6 +132,31 @@ class App:
         metrics.observe(route_name, request.method, response.status, elapsed, body.count, sent)
         if self.access_log:
             _write_access_log(request, response.status, body.count, sent, elapsed, route_name)
+
+    async def handle_cached(self, request: Request) -> tuple[Response, str]:
+        """Answer repeated manifest and blob GETs from the per-process read cache.
+
+        A cached response is only served while the database is unchanged since it was
+        built (see registry/cache.py), so it is exactly what ``handle`` would answer.
+        """
+        headers = request.headers
+        if (
+            request.method not in ("GET", "HEAD")
+            or "range" in headers  # type: ignore[operator]
+            or "if-none-match" in headers  # type: ignore[operator]
+        ):
+            return await self.handle(request)
+        assert self.registry is not None
+        cache = self.registry.ctx.cache
+        key = ("response", request.path, request.query_string, tuple(headers.get_all("accept")))
+        hit = cache.get(key)
+        if hit is not None:
+            return hit  # type: ignore[no-any-return]
+        token = cache.token()
+        response, route_name = await self.handle(request)
+        if response.cacheable:
+            cache.put(key, (response, route_name), token)
+        return response, route_name
 
     async def handle(self, request: Request) -> tuple[Response, str]:
         path = request.path

@@ -97,9 +97,12 @@ class Response:
     file: str | None = None
     file_range: tuple[int, int] | None = None  # [start, end) of ``file``
     content_length: int | None = None  # for HEAD: the length a GET would send
+    cacheable: bool = False  # the same request gets the same answer until the data changes
 
 
-def json_response(status: int, payload: Any, headers: list[tuple[str, str]] | None = None) -> Response:
+def json_response(
+    status: int, payload: Any, headers: list[tuple[str, str]] | None = None
+) -> Response:
     body = json.dumps(payload, separators=(",", ":")).encode()
     return Response(
         status,

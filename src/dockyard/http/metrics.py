@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -49,23 +50,39 @@ class _UploadsInProgress:
 def render(count_uploads: Callable[[], int]) -> tuple[bytes, str]:
     registry = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        MultiProcessCollector(registry)
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     else:
         from prometheus_client import REGISTRY
 
         registry = REGISTRY
     extra = _UploadsInProgress(count_uploads)
-    registry.register(extra)  # type: ignore[arg-type]
+    registry.register(extra)
     try:
         return generate_latest(registry), CONTENT_TYPE_LATEST
     finally:
-        registry.unregister(extra)  # type: ignore[arg-type]
+        registry.unregister(extra)
 
 
-def observe(route: str, method: str, status: int, seconds: float, bytes_in: int, bytes_out: int) -> None:
-    REQUESTS.labels(route, method, str(status)).inc()
-    LATENCY.labels(route, method).observe(seconds)
+_children: dict[tuple[str, str, int], tuple[Any, Any, Any, Any]] = {}
+
+
+def observe(
+    route: str, method: str, status: int, seconds: float, bytes_in: int, bytes_out: int
+) -> None:
+    key = (route, method, status)
+    children = _children.get(key)
+    if children is None:  # label lookups cost microseconds: do them once per key
+        children = (
+            REQUESTS.labels(route, method, str(status)),
+            LATENCY.labels(route, method),
+            BYTES_IN.labels(route),
+            BYTES_OUT.labels(route),
+        )
+        _children[key] = children
+    requests, latency, received, sent = children
+    requests.inc()
+    latency.observe(seconds)
     if bytes_in:
-        BYTES_IN.labels(route).inc(bytes_in)
+        received.inc(bytes_in)
     if bytes_out:
-        BYTES_OUT.labels(route).inc(bytes_out)
+        sent.inc(bytes_out)

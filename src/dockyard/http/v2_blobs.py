@@ -32,7 +32,12 @@ class BlobEndpoints:
         byte_range = _parse_range(request.header("range"), blob.size)
         if byte_range is None:
             return Response(
-                200, headers, file=blob.path, file_range=(0, blob.size), content_length=blob.size
+                200,
+                headers,
+                file=blob.path,
+                file_range=(0, blob.size),
+                content_length=blob.size,
+                cacheable=True,
             )
         start, end = byte_range
         headers.append(("Content-Range", f"bytes {start}-{end - 1}/{blob.size}"))
@@ -138,8 +143,7 @@ def _chunk_bounds(request: Request) -> tuple[int | None, int | None]:
     start, end = bounds
     if length is not None and length != end - start + 1:
         raise RangeInvalid(
-            f"Content-Range {start}-{end} is {end - start + 1} bytes but Content-Length is "
-            f"{length}"
+            f"Content-Range {start}-{end} is {end - start + 1} bytes but Content-Length is {length}"
         )
     return start, end - start + 1
 

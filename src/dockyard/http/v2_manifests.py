@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 from dockyard.http.messages import Request, Response, json_response
 from dockyard.oci import mediatypes as mt
@@ -18,7 +18,7 @@ class ManifestEndpoints:
 
     async def get(self, request: Request, name: str, reference: str) -> Response:
         validate_name(name)
-        manifest = await self.registry.manifests.get(name, reference, request.accept())
+        manifest = await self.registry.manifests.get(name, reference, request.accept)
         etag = f'"{manifest.digest}"'
         headers = [
             ("Content-Type", manifest.media_type),
@@ -27,7 +27,9 @@ class ManifestEndpoints:
         ]
         if etag in (request.header("if-none-match") or ""):
             return Response(304, headers)
-        return Response(200, headers, manifest.content, content_length=len(manifest.content))
+        return Response(
+            200, headers, manifest.content, content_length=len(manifest.content), cacheable=True
+        )
 
     async def put(self, request: Request, name: str, reference: str) -> Response:
         validate_name(name)
@@ -73,9 +75,7 @@ class ListingEndpoints:
     async def referrers(self, request: Request, name: str, digest: str) -> Response:
         validate_name(name)
         artifact_type = request.arg("artifactType")
-        page = await self.registry.referrers.list(
-            name, digest, artifact_type, request.arg("last")
-        )
+        page = await self.registry.referrers.list(name, digest, artifact_type, request.arg("last"))
         headers = [("Content-Type", mt.OCI_INDEX)]
         if artifact_type is not None:
             headers.append(("OCI-Filters-Applied", "artifactType"))
@@ -98,6 +98,6 @@ class ListingEndpoints:
 def _paged(payload: dict[str, object], page: Page, path: str, n: int | None) -> Response:
     headers = []
     if page.more and page.items:
-        query = urlencode({"n": n, "last": page.items[-1]}) if n else f"last={quote(page.items[-1])}"
+        query = urlencode({"n": n, "last": page.items[-1]})
         headers.append(("Link", f'<{path}?{query}>; rel="next"'))
     return json_response(200, payload, headers)

@@ -190,8 +190,6 @@ def parse_manifest(body: bytes, content_type: str | None) -> ParsedManifest:
     layers = _descriptor_list(document.get("layers"), "layers")
     if media_type == mt.DOCKER_MANIFEST and "layers" not in document:
         raise _fail("a Docker image manifest must have a layers array")
-    if config.media_type == mt.OCI_EMPTY and artifact_type is None and media_type == mt.OCI_MANIFEST:
-        raise _fail("artifactType is required when config.mediaType is the empty descriptor type")
     return ParsedManifest(
         media_type=media_type,
         config=config,

@@ -34,7 +34,7 @@ class Blobs:
                 return None
             return blob_db.linked_size(conn, repository_id, digest)
 
-        size = await self.ctx.read(lookup)
+        size = await self.ctx.cached_read(("blob", name, digest), lookup)
         if size is None:
             raise BlobUnknown(detail={"digest": digest})
         return BlobInfo(digest, size, self.ctx.store.blob_path(digest))

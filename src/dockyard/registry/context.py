@@ -10,7 +10,9 @@ from typing import TypeVar
 
 from sqlalchemy import Connection
 
+from dockyard.db.changes import ChangeWatcher
 from dockyard.db.engine import Database
+from dockyard.registry.cache import ReadCache
 from dockyard.storage.base import BlobStore
 
 T = TypeVar("T")
@@ -30,6 +32,22 @@ class Context:
     executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=16, thread_name_prefix="db")
     )
+    cache: ReadCache = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.cache = ReadCache(ChangeWatcher(self.db.url))
+
+    async def cached_read(self, key: object, fn: Callable[[Connection], T]) -> T:
+        """``read`` through the per-process cache (for values that are None when absent,
+        which are not cached)."""
+        hit = self.cache.get(key)
+        if hit is not None:
+            return hit  # type: ignore[no-any-return]
+        token = self.cache.token()
+        value = await self.read(fn)
+        if value is not None:
+            self.cache.put(key, value, token)
+        return value
 
     async def read(self, fn: Callable[[Connection], T]) -> T:
         """Run ``fn`` in a read transaction.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import Connection
@@ -53,8 +54,7 @@ class Manifests:
     ) -> PushedManifest:
         if len(body) > self.ctx.limits.max_manifest_bytes:
             raise ManifestTooLarge(
-                f"manifest is {len(body)} bytes; the limit is "
-                f"{self.ctx.limits.max_manifest_bytes}"
+                f"manifest is {len(body)} bytes; the limit is {self.ctx.limits.max_manifest_bytes}"
             )
         algorithm = parse_digest(reference).algorithm if is_digest(reference) else "sha256"
         digest = f"{algorithm}:{hashlib.new(algorithm, body).hexdigest()}"
@@ -87,21 +87,27 @@ class Manifests:
             digest, parsed.subject.digest if parsed.subject else None, tuple(tags)
         )
 
-    async def get(self, name: str, reference: str, accept: list[str] | None = None) -> Manifest:
-        def lookup(conn: Connection) -> manifest_db.StoredManifest | None:
+    async def get(
+        self, name: str, reference: str, accept: Callable[[], list[str]] | None = None
+    ) -> Manifest:
+        """The manifest; ``accept`` gives the client's media types when negotiation is
+        needed (only for an index asked for by tag)."""
+
+        def lookup(conn: Connection) -> Manifest | None:
             repository_id = require_id(conn, name)
             if is_digest(reference):
-                return manifest_db.by_digest(conn, repository_id, reference)
-            return manifest_db.by_tag(conn, repository_id, reference)
+                stored = manifest_db.by_digest(conn, repository_id, reference)
+            else:
+                stored = manifest_db.by_tag(conn, repository_id, reference)
+            return Manifest(stored.digest, stored.media_type, stored.content) if stored else None
 
         if is_digest(reference):
             parse_digest(reference)
-        stored = await self.ctx.read(lookup)
-        if stored is None:
+        manifest = await self.ctx.cached_read(("manifest", name, reference), lookup)
+        if manifest is None:
             raise ManifestUnknown(detail={"reference": reference[:200]})
-        manifest = Manifest(stored.digest, stored.media_type, stored.content)
-        if accept and not is_digest(reference):
-            return await self._negotiate(name, manifest, accept)
+        if accept is not None and manifest.media_type in mt.INDEXES and not is_digest(reference):
+            return await self._negotiate(name, manifest, accept())
         return manifest
 
     async def _negotiate(self, name: str, manifest: Manifest, accept: list[str]) -> Manifest:
@@ -109,7 +115,7 @@ class Manifests:
         linux/amd64 image of an index, as Distribution does; otherwise the stored bytes."""
         accepted = set(accept)
         if (
-            manifest.media_type not in mt.INDEXES
+            not accepted
             or accepted & (mt.INDEXES | {"*/*", "application/*", "application/json"})
             or not accepted & mt.IMAGE_MANIFESTS
         ):

@@ -31,4 +31,5 @@ class Registry:
 
     def close(self) -> None:
         self.ctx.executor.shutdown(wait=False)
+        self.ctx.cache.close()
         self.ctx.db.dispose()
