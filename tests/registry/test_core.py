@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 from collections.abc import AsyncIterator, Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -84,7 +85,7 @@ def test_chunked_upload_continued_in_another_process(
         assert done.size == len(data)
         info = await other_process.blobs.stat("team/app", digest_of(data))
         assert info.size == len(data) and info.path is not None
-        assert open(info.path, "rb").read() == data
+        assert Path(info.path).read_bytes() == data
 
     run(scenario())
 
