@@ -201,6 +201,7 @@ class App:
             return 0
         if response.file is not None and response.file_range is not None:
             start, end = response.file_range
+            headers.append(("Content-Length", str(end - start)))  # else granian chunks it
             if response.status == 206:
                 proto.response_file_range(response.status, headers, response.file, start, end)
             else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dockyard.http.messages import Request, Response
 from dockyard.oci.digest import parse_digest
-from dockyard.oci.errors import BlobUploadInvalid, RangeInvalid
+from dockyard.oci.errors import DigestInvalid, RangeInvalid
 from dockyard.oci.names import validate_name
 from dockyard.registry.service import Registry
 from dockyard.registry.uploads import UploadStatus, check_content_range
@@ -90,7 +90,7 @@ class BlobEndpoints:
         validate_name(name)
         digest = request.arg("digest")
         if digest is None:
-            raise BlobUploadInvalid("the final PUT of an upload needs ?digest=")
+            raise DigestInvalid("the final PUT of an upload needs ?digest=<digest>")
         parse_digest(digest)
         start, length = _chunk_bounds(request)
         has_body = bool(length) or request.header("transfer-encoding") is not None

@@ -14,6 +14,7 @@ from dockyard.oci.digest import parse_digest
 from dockyard.registry.context import Context
 
 PAGE_SIZE = 500
+MAX_PAGE_BYTES = 4 * 1024 * 1024 - 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,22 +41,32 @@ class Referrers:
             )
 
         rows = await self.ctx.read(query)
-        more = len(rows) > PAGE_SIZE
-        rows = rows[:PAGE_SIZE]
-        descriptors = []
-        for row in rows:
-            descriptor: dict[str, object] = {
-                "mediaType": row.media_type,
-                "digest": row.digest,
-                "size": row.size,
-            }
-            if row.artifact_type:
-                descriptor["artifactType"] = row.artifact_type
-            if row.annotations:
-                descriptor["annotations"] = row.annotations
-            descriptors.append(descriptor)
-        index = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": descriptors}
-        return ReferrersPage(
-            json.dumps(index, separators=(",", ":")).encode(),
-            rows[-1].digest if more and rows else None,
-        )
+        descriptors: list[bytes] = []
+        size = len(_HEAD) + len(_TAIL)
+        next_last = None
+        for i, row in enumerate(rows):
+            encoded = _descriptor(row)
+            # A page stays under the manifest size limit clients accept (4 MiB).
+            if i == PAGE_SIZE or (descriptors and size + len(encoded) + 1 > MAX_PAGE_BYTES):
+                next_last = rows[i - 1].digest
+                break
+            descriptors.append(encoded)
+            size += len(encoded) + 1
+        return ReferrersPage(_HEAD + b",".join(descriptors) + _TAIL, next_last)
+
+
+_HEAD = b'{"schemaVersion":2,"mediaType":"' + mt.OCI_INDEX.encode() + b'","manifests":['
+_TAIL = b"]}"
+
+
+def _descriptor(row: manifest_db.Referrer) -> bytes:
+    descriptor: dict[str, object] = {
+        "mediaType": row.media_type,
+        "digest": row.digest,
+        "size": row.size,
+    }
+    if row.artifact_type:
+        descriptor["artifactType"] = row.artifact_type
+    if row.annotations:
+        descriptor["annotations"] = row.annotations
+    return json.dumps(descriptor, separators=(",", ":")).encode()
