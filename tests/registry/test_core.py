@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
+import time
 from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -277,5 +279,22 @@ def test_manifest_limits(registry: Registry) -> None:
             await registry.manifests.put("a", "bad tag!", b"{}", mt.OCI_MANIFEST)
         with pytest.raises(DigestInvalid):
             await registry.manifests.put("a", digest_of(b"other"), b"{}", mt.OCI_MANIFEST)
+
+    run(scenario())
+
+
+def test_stale_uploads_are_purged(registry: Registry) -> None:
+    async def scenario() -> None:
+        old = await registry.uploads.start("a")
+        await registry.uploads.append("a", old.id, body(b"abc"))
+        fresh = await registry.uploads.start("a")
+        assert registry.ctx.store.upload_size(old.id) == 3
+        # age the first upload's bytes by two days
+        path = registry.ctx.store._upload_file(old.id)  # type: ignore[attr-defined]
+        os.utime(path, (time.time() - 2 * 86400, time.time() - 2 * 86400))
+        assert await registry.uploads.purge_stale(86400) == 1
+        with pytest.raises(BlobUploadUnknown):
+            await registry.uploads.status("a", old.id)
+        assert (await registry.uploads.status("a", fresh.id)).size == 0
 
     run(scenario())

@@ -100,8 +100,23 @@ class App:
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.registry = Registry.from_settings(self.settings)
         self.router = build_router(self.registry)
+        self._housekeeping = loop.create_task(self.housekeeping())
+
+    async def housekeeping(self) -> None:
+        """Purge stale uploads now and then (every worker may; the purge is idempotent)."""
+        assert self.registry is not None
+        max_age = self.settings.upload_purge_after_seconds
+        while True:
+            try:
+                purged = await self.registry.uploads.purge_stale(max_age)
+                if purged:
+                    log.info("purged %d stale uploads", purged)
+            except Exception:
+                log.exception("purging stale uploads failed")
+            await asyncio.sleep(min(3600.0, max_age / 4))
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._housekeeping.cancel()
         if self.registry is not None:
             self.registry.close()
 

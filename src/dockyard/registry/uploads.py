@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from functools import partial
 
 from sqlalchemy import Connection
 
@@ -228,6 +230,29 @@ class Uploads:
         self.ctx.store.delete_upload(upload_id)
         self._hashes.pop(upload_id, None)
 
+    async def purge_stale(self, max_age_seconds: float) -> int:
+        """Remove uploads untouched for ``max_age_seconds`` (their rows and their bytes).
+
+        Safe to run in several processes at once: every step is idempotent. An upload's age
+        is the time its bytes were last written, so a slow push in progress is kept.
+        """
+        cutoff = time.time() - max_age_seconds
+        store = self.ctx.store
+
+        def stale_files() -> list[str]:
+            return [upload_id for upload_id, mtime in store.list_uploads() if mtime < cutoff]
+
+        stale = await self.ctx.run(stale_files)
+        rows = await self.ctx.read(lambda conn: upload_db.older_than(conn, cutoff))
+        # rows whose bytes are gone (a crash between publishing and committing)
+        orphans = [i for i in rows if store.upload_size(i) is None]
+        victims = sorted(set(stale) | set(orphans))
+        for upload_id in victims:
+            await self.ctx.write(partial(_remove_row, upload_id=upload_id))
+            store.delete_upload(upload_id)
+            self._hashes.pop(upload_id, None)
+        return len(victims)
+
     async def push(
         self, name: str, digest: str, chunks: AsyncIterator[bytes], length: int | None
     ) -> UploadStatus:
@@ -240,6 +265,10 @@ class Uploads:
             with contextlib.suppress(BlobUploadUnknown):
                 await self.cancel(name, status.id)
             raise
+
+
+def _remove_row(conn: Connection, upload_id: str) -> bool:
+    return upload_db.remove(conn, upload_id)
 
 
 def _is_upload_id(value: str) -> bool:
