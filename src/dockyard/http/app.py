@@ -26,6 +26,7 @@ from dockyard.http.routes import Router
 from dockyard.http.v2_blobs import BlobEndpoints
 from dockyard.http.v2_manifests import ListingEndpoints, ManifestEndpoints
 from dockyard.oci.errors import RegistryError
+from dockyard.registry.cache import ReadCache
 from dockyard.registry.service import Registry
 
 log = logging.getLogger("dockyard")
@@ -34,6 +35,9 @@ SETTINGS_ENV = "DOCKYARD_SERVE_SETTINGS"
 
 _NAME = r"(?P<name>[^?#]+?)"
 _SEGMENT = r"[^/]+"
+# A digest may hide slashes after its algorithm ("sha256:../../x"): match it whole, so that it
+# is refused as a bad digest rather than as an unknown path.
+_DIGEST = r"[^/:]+:.*|[^/]+"
 
 
 class _CountingBody:
@@ -60,7 +64,7 @@ def build_router(registry: Registry) -> Router:
     router.add("tags", rf"/v2/{_NAME}/tags/list", GET=listings.tags)
     router.add(
         "manifest",
-        rf"/v2/{_NAME}/manifests/(?P<reference>{_SEGMENT})",
+        rf"/v2/{_NAME}/manifests/(?P<reference>{_DIGEST})",
         GET=manifests.get,
         PUT=manifests.put,
         DELETE=manifests.delete,
@@ -76,13 +80,13 @@ def build_router(registry: Registry) -> Router:
     )
     router.add(
         "blob",
-        rf"/v2/{_NAME}/blobs/(?P<digest>{_SEGMENT})",
+        rf"/v2/{_NAME}/blobs/(?P<digest>{_DIGEST})",
         GET=blobs.get,
         DELETE=blobs.delete,
     )
     router.add(
         "referrers",
-        rf"/v2/{_NAME}/referrers/(?P<digest>{_SEGMENT})",
+        rf"/v2/{_NAME}/referrers/(?P<digest>{_DIGEST})",
         GET=listings.referrers,
     )
     return router
@@ -94,12 +98,14 @@ class App:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.registry: Registry | None = None
+        self.cache: ReadCache
         self.router: Router | None = None
         self.access_log = settings.access_log
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.registry = Registry.from_settings(self.settings)
         self.router = build_router(self.registry)
+        self.cache = self.registry.ctx.cache
         self._housekeeping = loop.create_task(self.housekeeping())
 
     async def housekeeping(self) -> None:
@@ -122,9 +128,25 @@ class App:
 
     async def __rsgi__(self, scope: Any, proto: Any) -> None:
         started = time.perf_counter()
+        method = scope.method
+        key = None
+        if method in ("GET", "HEAD"):
+            # Repeated manifest and blob GETs are answered from the per-process read cache,
+            # which serves an entry only while the database is unchanged since it was built
+            # (registry/cache.py): exactly what the full path below would answer.
+            headers = scope.headers
+            if "range" not in headers and "if-none-match" not in headers:
+                key = (scope.path, scope.query_string, tuple(headers.get_all("accept")))
+                hit = self.cache.get(key)
+                if hit is not None:
+                    response, route_name = hit
+                    sent = self.send(proto, method, response)
+                    self.record(scope, route_name, response.status, 0, sent, started)
+                    return
+        token = self.cache.token() if key is not None else None
         body = _CountingBody(proto)
         request = Request(
-            method=scope.method,
+            method=method,
             path=scope.path,
             query_string=scope.query_string,
             headers=scope.headers,
@@ -133,45 +155,28 @@ class App:
         )
         route_name = "other"
         try:
-            response, route_name = await self.handle_cached(request)
+            response, route_name = await self.handle(request)
         except RegistryError as error:
             response = error_response(error)
         except Exception:
-            log.exception("unhandled error on %s %s", request.method, request.path[:200])
+            log.exception("unhandled error on %s %s", method, request.path[:200])
             response = json_response(
                 500,
                 {"errors": [{"code": "UNKNOWN", "message": "internal server error"}]},
             )
-        sent = self.send(proto, request.method, response)
+        if key is not None and response.cacheable:
+            self.cache.put(key, (response, route_name), token)
+        sent = self.send(proto, method, response)
+        self.record(scope, route_name, response.status, body.count, sent, started)
+
+    def record(
+        self, scope: Any, route: str, status: int, bytes_in: int, bytes_out: int, started: float
+    ) -> None:
+        """Metrics and the access-log line for one answered request."""
         elapsed = time.perf_counter() - started
-        metrics.observe(route_name, request.method, response.status, elapsed, body.count, sent)
+        metrics.observe(route, scope.method, status, elapsed, bytes_in, bytes_out)
         if self.access_log:
-            _write_access_log(request, response.status, body.count, sent, elapsed, route_name)
-
-    async def handle_cached(self, request: Request) -> tuple[Response, str]:
-        """Answer repeated manifest and blob GETs from the per-process read cache.
-
-        A cached response is only served while the database is unchanged since it was
-        built (see registry/cache.py), so it is exactly what ``handle`` would answer.
-        """
-        headers = request.headers
-        if (
-            request.method not in ("GET", "HEAD")
-            or "range" in headers  # type: ignore[operator]
-            or "if-none-match" in headers  # type: ignore[operator]
-        ):
-            return await self.handle(request)
-        assert self.registry is not None
-        cache = self.registry.ctx.cache
-        key = ("response", request.path, request.query_string, tuple(headers.get_all("accept")))
-        hit = cache.get(key)
-        if hit is not None:
-            return hit  # type: ignore[no-any-return]
-        token = cache.token()
-        response, route_name = await self.handle(request)
-        if response.cacheable:
-            cache.put(key, (response, route_name), token)
-        return response, route_name
+            _write_access_log(scope, status, bytes_in, bytes_out, elapsed, route)
 
     async def handle(self, request: Request) -> tuple[Response, str]:
         path = request.path
@@ -238,20 +243,20 @@ def _count_uploads(registry: Registry) -> int:
 
 
 def _write_access_log(
-    request: Request, status: int, bytes_in: int, bytes_out: int, seconds: float, route: str
+    scope: Any, status: int, bytes_in: int, bytes_out: int, seconds: float, route: str
 ) -> None:
     line = json.dumps(
         {
             "ts": round(time.time(), 3),
-            "client": request.client,
-            "method": request.method,
-            "path": request.path,
+            "client": scope.client,
+            "method": scope.method,
+            "path": scope.path,
             "route": route,
             "status": status,
             "bytes_in": bytes_in,
             "bytes_out": bytes_out,
             "ms": round(seconds * 1000, 3),
-            "ua": request.header("user-agent"),
+            "ua": scope.headers.get("user-agent"),
         },
         separators=(",", ":"),
     )

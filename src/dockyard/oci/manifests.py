@@ -87,8 +87,8 @@ def _descriptor(value: Any, where: str) -> Descriptor:
         raise _fail(f"{where}.mediaType is missing or not a valid media type")
     if not isinstance(digest, str) or not is_valid_digest(digest):
         raise _fail(f"{where}.digest is missing or not a valid sha256/sha512 digest")
-    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-        raise _fail(f"{where}.size must be a non-negative integer")
+    if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size < 2**63:
+        raise _fail(f"{where}.size must be a non-negative 64-bit integer")
     artifact_type = value.get("artifactType")
     if artifact_type is not None and (
         not isinstance(artifact_type, str) or not _MEDIA_TYPE_RE.match(artifact_type)
