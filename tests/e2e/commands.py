@@ -69,6 +69,16 @@ def run(
     return result
 
 
+def run_binary(args: Sequence[str], *, timeout: float = 300) -> bytes:
+    """Run a command whose standard output is binary data; raise if it fails."""
+    require(args[0])
+    proc = subprocess.run(list(args), capture_output=True, timeout=timeout, check=False)
+    if proc.returncode != 0:
+        stderr = proc.stderr.decode(errors="replace")
+        raise CommandFailed(f"command {' '.join(args)} exited with {proc.returncode}\n{stderr}")
+    return proc.stdout
+
+
 def describe(result: subprocess.CompletedProcess[str]) -> str:
     return (
         f"command {' '.join(map(str, result.args))} exited with {result.returncode}\n"

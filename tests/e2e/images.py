@@ -7,7 +7,8 @@ One OCI image layout holds three references:
   linux/arm64 (only ``platform.txt``; distinct content, it never runs here);
 * ``large``: busybox + a ~100 MiB random (incompressible) layer.
 
-A docker-archive tarball of ``multi`` is written beside it for ``docker load``. The set is
+A docker-archive tarball of ``multi`` is written beside it for ``docker load``, and an OCI
+archive of ``multi`` and ``index`` for ``ctr images import``. The set is
 built once per test run and shared by the xdist workers (a file lock guards the build).
 """
 
@@ -33,6 +34,7 @@ from tests.e2e.layout import (
     compact_json,
     sha256_file,
     write_docker_archive,
+    write_oci_archive,
     write_tree,
 )
 
@@ -77,6 +79,7 @@ class ImageSet:
 
     layout_dir: Path
     docker_archive: Path
+    oci_archive: Path
     multi: ImageRef
     index: IndexRef
     large: ImageRef
@@ -97,6 +100,7 @@ class ImageSet:
         out = asdict(self)
         out["layout_dir"] = str(self.layout_dir)
         out["docker_archive"] = str(self.docker_archive)
+        out["oci_archive"] = str(self.oci_archive)
         return out
 
     @classmethod
@@ -108,6 +112,7 @@ class ImageSet:
         return cls(
             layout_dir=Path(data["layout_dir"]),
             docker_archive=Path(data["docker_archive"]),
+            oci_archive=Path(data["oci_archive"]),
             multi=image(data["multi"]),
             index=IndexRef(
                 index["digest"],
@@ -231,10 +236,13 @@ def build_image_set(root: Path) -> ImageSet:
     write_docker_archive(
         archive, DockerArchiveImage(DOCKER_ARCHIVE_TAG, multi_config, [busybox, hello])
     )
+    oci_archive = root / "multi-index-oci-archive.tar"
+    write_oci_archive(b.layout.root, ["multi", "index"], oci_archive)
     shutil.rmtree(b.work)
     return ImageSet(
         layout_dir=b.layout.root,
         docker_archive=archive,
+        oci_archive=oci_archive,
         multi=multi,
         index=IndexRef(index_desc.digest, index_desc.size, children),
         large=large,

@@ -169,3 +169,28 @@ def _add_bytes(archive: tarfile.TarFile, name: str, data: bytes) -> None:
     info.size = len(data)
     info.mode = 0o644
     archive.addfile(info, io.BytesIO(data))
+
+
+def reachable_blobs(layout_dir: Path, digest: str) -> list[str]:
+    """``digest`` and every blob it references (children of an index, config, layers)."""
+    blob = json.loads((layout_dir / "blobs" / Path(*digest.split(":", 1))).read_bytes())
+    found = [digest]
+    for child in blob.get("manifests", []):
+        found += reachable_blobs(layout_dir, child["digest"])
+    for descriptor in [blob.get("config"), *blob.get("layers", [])]:
+        if descriptor:
+            found.append(descriptor["digest"])
+    return found
+
+
+def write_oci_archive(layout_dir: Path, tags: list[str], path: Path) -> None:
+    """A tarball of the layout holding only ``tags`` (for ``ctr images import``)."""
+    index = json.loads((layout_dir / "index.json").read_bytes())
+    refs = [m for m in index["manifests"] if m.get("annotations", {}).get(REF_NAME) in tags]
+    blobs = sorted({d for ref in refs for d in reachable_blobs(layout_dir, ref["digest"])})
+    with tarfile.open(path, "w") as archive:
+        _add_bytes(archive, "oci-layout", (layout_dir / "oci-layout").read_bytes())
+        _add_bytes(archive, "index.json", compact_json({**index, "manifests": refs}))
+        for digest in blobs:
+            rel = Path("blobs", *digest.split(":", 1))
+            archive.add(layout_dir / rel, arcname=str(rel))

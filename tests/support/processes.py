@@ -24,19 +24,32 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+class ProcessDied(RuntimeError):
+    """The process being waited for exited: waiting longer is pointless."""
+
+
 def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll ``check`` until it returns True; fail after ``timeout`` seconds."""
+    """Poll ``check`` until it returns True; fail after ``timeout`` seconds.
+
+    Connection errors and the like count as "not yet"; ``ProcessDied`` ends the wait at once.
+    """
     deadline = time.monotonic() + timeout
     while True:
-        with contextlib.suppress(Exception):
+        try:
             if check():
                 return
+        except ProcessDied:
+            raise
+        except Exception:
+            pass
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.05)
 
 
-def kill_tree(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 15) -> None:
+def kill_tree(
+    proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 15
+) -> None:
     """Signal the process group started for ``proc`` and wait for it."""
     if proc.poll() is not None:
         return
@@ -109,7 +122,7 @@ def start_dockyard(
 
     def ready() -> bool:
         if proc.poll() is not None:
-            raise RuntimeError(f"dockyard exited with {proc.returncode}:\n{server.log()}")
+            raise ProcessDied(f"dockyard exited with {proc.returncode}:\n{server.log()}")
         return httpx.get(f"{server.url}/readyz", timeout=2, verify=False).status_code == 200
 
     try:
