@@ -33,7 +33,7 @@ def main() -> None:
     "--data-dir", type=click.Path(path_type=Path), help="data directory [./dockyard-data]"
 )
 @click.option("--database-url", help="SQLAlchemy database URL [SQLite in the data directory]")
-@click.option("--workers", type=int, help="server processes [1]")
+@click.option("--workers", type=int, help="server processes [one per CPU, at most 8]")
 @click.option("--tls-cert", type=click.Path(path_type=Path), help="PEM certificate (chain)")
 @click.option("--tls-key", type=click.Path(path_type=Path), help="PEM private key")
 @click.option(

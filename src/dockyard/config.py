@@ -27,7 +27,12 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         None, description="SQLAlchemy URL; default sqlite:///<data_dir>/dockyard.db"
     )
-    workers: int = Field(1, ge=1, le=64, description="server processes sharing the data")
+    workers: int = Field(
+        default_factory=lambda: min(os.cpu_count() or 1, 8),
+        ge=1,
+        le=64,
+        description="server processes sharing the data (default: one per CPU, at most 8)",
+    )
     tls_cert: Path | None = None
     tls_key: Path | None = None
     allow_open_registry: bool = Field(

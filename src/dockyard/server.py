@@ -47,7 +47,7 @@ def serve(settings: Settings) -> None:
     check(settings)
     prepare(settings)
     metrics_dir = tempfile.mkdtemp(prefix="dockyard-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    os.environ["DOCKYARD_METRICS_DIR"] = metrics_dir
     os.environ[SETTINGS_ENV] = settings.model_dump_json()
     tls: dict[str, object] = {}
     if settings.tls_cert and settings.tls_key:

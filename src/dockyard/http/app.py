@@ -106,7 +106,10 @@ class App:
         self.registry = Registry.from_settings(self.settings)
         self.router = build_router(self.registry)
         self.cache = self.registry.ctx.cache
-        self._housekeeping = loop.create_task(self.housekeeping())
+        self._tasks = [
+            loop.create_task(self.housekeeping()),
+            loop.create_task(self.flush_metrics()),
+        ]
 
     async def housekeeping(self) -> None:
         """Purge stale uploads now and then (every worker may; the purge is idempotent)."""
@@ -121,8 +124,19 @@ class App:
                 log.exception("purging stale uploads failed")
             await asyncio.sleep(min(3600.0, max_age / 4))
 
+    async def flush_metrics(self) -> None:
+        """Share this process's metric totals with the others, once a second."""
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                metrics.flush()
+            except OSError:
+                log.exception("writing metrics failed")
+
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._housekeeping.cancel()
+        for task in self._tasks:
+            task.cancel()
+        metrics.flush()
         if self.registry is not None:
             self.registry.close()
 

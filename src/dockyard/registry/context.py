@@ -35,7 +35,9 @@ class Context:
     cache: ReadCache = field(init=False)
 
     def __post_init__(self) -> None:
-        self.cache = ReadCache(ChangeWatcher(self.db.url))
+        self.changes = ChangeWatcher(self.db.url)
+        self.changes.bump()  # whatever a process that died before announcing did, is seen
+        self.cache = ReadCache(self.changes)
 
     async def cached_read(self, key: object, fn: Callable[[Connection], T]) -> T:
         """``read`` through the per-process cache (for values that are None when absent,
@@ -70,8 +72,11 @@ class Context:
         return await loop.run_in_executor(self.executor, self._write_sync, fn)
 
     def _write_sync(self, fn: Callable[[Connection], T]) -> T:
-        with self.db.writer.begin() as conn:
-            return fn(conn)
+        try:
+            with self.db.writer.begin() as conn:
+                return fn(conn)
+        finally:
+            self.changes.bump()  # after the commit (or rollback: a harmless extra bump)
 
     async def run(self, fn: Callable[[], T]) -> T:
         """Run blocking I/O (fsync, rename, re-hashing) off the event loop."""
