@@ -12,12 +12,14 @@ See bench/README.md for how to run it and how to read the table.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import datetime
 import hashlib
 import json
 import os
 import platform
+import resource
 import select
 import shlex
 import shutil
@@ -67,8 +69,8 @@ class Metric:
 
 
 METRICS: tuple[Metric, ...] = (
-    Metric("get_big_gbps", "GET 1 GiB blob, 1 stream", "GB/s", "higher", "get-big"),
-    Metric("get_big_cpu", "  server CPU per GB (1 GiB GET)", "CPU-s/GB", "lower", "get-big"),
+    Metric("get_big_gbps", "GET {big} blob, 1 stream", "GB/s", "higher", "get-big"),
+    Metric("get_big_cpu", "  server CPU per GB ({big} GET)", "CPU-s/GB", "lower", "get-big"),
     Metric("get4m_c8_gbps", "GET 4 MiB blobs, 8 conns", "GB/s", "higher", "get-4m"),
     Metric("get4m_c8_cpu", "  server CPU per GB (4 MiB, c8)", "CPU-s/GB", "lower", "get-4m"),
     Metric("get4m_c32_gbps", "GET 4 MiB blobs, 32 conns", "GB/s", "higher", "get-4m"),
@@ -81,14 +83,22 @@ METRICS: tuple[Metric, ...] = (
     Metric("man_head_p50", "  p50 latency", "ms", "lower", "manifest", 1),
     Metric("man_head_p99", "  p99 latency", "ms", "lower", "manifest", 1),
     Metric("man_head_cpu", "  server CPU per request", "CPU-ms/req", "lower", "manifest", 3),
-    Metric("push_put_gbps", "push 1 GiB blob, one PUT", "GB/s", "higher", "push-put", 3),
+    Metric("push_put_gbps", "push {big} blob, one PUT", "GB/s", "higher", "push-put", 3),
     Metric("push_put_cpu", "  server CPU per GB (one PUT)", "CPU-s/GB", "lower", "push-put"),
     Metric(
-        "push_chunk_gbps", "push 1 GiB blob, 16 MiB PATCHes", "GB/s", "higher", "push-chunked", 3
+        "push_chunk_gbps", "push {big} blob, {chunk} PATCHes", "GB/s", "higher", "push-chunked", 3
     ),
     Metric("push_chunk_cpu", "  server CPU per GB (PATCHes)", "CPU-s/GB", "lower", "push-chunked"),
 )
-CEILING_KEY = "ceiling_gbps"
+BACKGROUND = Metric(
+    "other_cpu_pct",
+    "other processes' CPU during the session (noise)",
+    "% of a core",
+    "lower",
+    "*",
+    0,
+)
+OTHER_CPU_LIMIT = 20.0  # % of one core; above it the session is flagged as noisy
 
 
 class BenchError(Exception):
@@ -162,6 +172,32 @@ def cpu_seconds(root: int) -> float:
         # fields[0] is field 3 (state); utime=14, stime=15, cutime=16, cstime=17
         ticks += int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
     return ticks / CLK_TCK
+
+
+def system_busy_seconds() -> float:
+    """CPU-seconds the whole machine was not idle (all cores, steal included), from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    idle, iowait = fields[3], fields[4]
+    return (sum(fields) - idle - iowait) / CLK_TCK
+
+
+def own_cpu_seconds() -> float:
+    """CPU of this process plus its reaped children (curl, wrk)."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def wait_quiet(max_wait: float, threshold_pct: float = 15.0) -> float:
+    """Wait until other processes use under threshold_pct of one core (1 s window); the last
+    reading is returned. Gives up after max_wait seconds."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        b0, c0 = system_busy_seconds(), own_cpu_seconds()
+        time.sleep(1.0)
+        pct = ((system_busy_seconds() - b0) - (own_cpu_seconds() - c0)) * 100.0
+        if pct < threshold_pct or time.monotonic() >= deadline:
+            return pct
 
 
 def drop_dirty_pages() -> None:
@@ -362,12 +398,18 @@ def push_file_one_put(conn: HttpConn, repo: str, path: Path, digest: str) -> Non
     expect(resp, 201, "PUT ?digest= (one PUT, 1 body)")
 
 
-def push_file_chunked(conn: HttpConn, repo: str, path: Path, digest: str, chunk: int) -> None:
+def push_file_chunked(
+    conn: HttpConn, repo: str, path: Path, digest: str, chunk: int, reconnect: bool = False
+) -> None:
+    """POST, PATCHes of ``chunk`` bytes, final PUT ?digest=. With ``reconnect`` every request
+    goes on a new connection (so with several server workers, chunks land in different ones)."""
     size = path.stat().st_size
     with path.open("rb") as f:
         target = start_upload(conn, repo)
         offset = 0
         while offset < size:
+            if reconnect:
+                conn.close()
             n = min(chunk, size - offset)
             resp = conn.request(
                 "PATCH",
@@ -381,6 +423,8 @@ def push_file_chunked(conn: HttpConn, repo: str, path: Path, digest: str, chunk:
             expect(resp, 202, f"PATCH {offset}-{offset + n - 1}")
             target = location_target(resp)
             offset += n
+        if reconnect:
+            conn.close()
         resp = conn.request("PUT", with_query(target, digest=digest))
     expect(resp, 201, "final PUT ?digest= after PATCHes")
 
@@ -421,7 +465,7 @@ version: 0.1
 log:
   level: warn
   accesslog:
-    disabled: true
+    disabled: {no_access_log}
 storage:
   filesystem:
     rootdirectory: {root}
@@ -451,14 +495,23 @@ class Options:
     keep: bool
     out: Path | None
     startup_timeout: float
+    quiet_wait: float
+    access_log: bool
+    retry_noisy: int
+    patch_new_conn: bool
 
 
 def server_command(kind: str, opts: Options, data_dir: Path, port: int) -> list[str]:
     if kind == "distribution":
         cfg = data_dir.parent / f"{data_dir.name}.config.yml"
-        cfg.write_text(DISTRIBUTION_CONFIG.format(root=data_dir, port=port))
+        no_access_log = "false" if opts.access_log else "true"
+        cfg.write_text(
+            DISTRIBUTION_CONFIG.format(root=data_dir, port=port, no_access_log=no_access_log)
+        )
         return [opts.distribution_bin, "serve", str(cfg)]
     cmd = [opts.dockyard_bin, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", str(data_dir)]
+    cmd += ["--log-level", "warning"]
+    cmd += ["--access-log"] if opts.access_log else ["--no-access-log"]
     if opts.dockyard_workers is not None:
         cmd += ["--workers", str(opts.dockyard_workers)]
     return cmd
@@ -689,6 +742,102 @@ def run_wrk(url: str, conns: int, duration: int, script: Path, headers: Sequence
     )
 
 
+class _LoadProto(asyncio.Protocol):
+    """One keep-alive connection sending the same bodiless request over and over (for HEAD,
+    which wrk 4.1 cannot do: its parser waits for a body the size of Content-Length)."""
+
+    def __init__(self, gen: _LoadGen) -> None:
+        self.gen = gen
+        self.transport: asyncio.Transport | None = None
+        self.buf = b""
+        self.t0 = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self._send()
+
+    def _send(self) -> None:
+        assert self.transport is not None
+        if time.perf_counter() >= self.gen.stop_at:
+            self.transport.close()
+            return
+        self.t0 = time.perf_counter()
+        self.transport.write(self.gen.request)
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        end = self.buf.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        now = time.perf_counter()
+        head, self.buf = self.buf[:end], self.buf[end + 4 :]
+        status = int(head.split(b" ", 2)[1])
+        self.gen.latencies.append(now - self.t0)
+        if not 200 <= status < 300:
+            self.gen.errors["status"] = self.gen.errors.get("status", 0) + 1
+        if self.buf:
+            self.gen.errors["body_on_head"] = self.gen.errors.get("body_on_head", 0) + 1
+            self.buf = b""
+        if b"connection: close" in head.lower():
+            self.gen.errors["conn_close"] = self.gen.errors.get("conn_close", 0) + 1
+            assert self.transport is not None
+            self.transport.close()
+            return
+        self._send()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None:
+            self.gen.errors["read"] = self.gen.errors.get("read", 0) + 1
+        self.gen.open_conns -= 1
+        if self.gen.open_conns == 0 and not self.gen.done.done():
+            self.gen.done.set_result(None)
+
+
+@dataclass
+class _LoadGen:
+    request: bytes
+    stop_at: float
+    done: asyncio.Future[None]
+    open_conns: int = 0
+    latencies: list[float] = field(default_factory=list)
+    errors: dict[str, int] = field(default_factory=dict)
+
+
+async def _pyload(
+    port: int, method: str, target: str, headers: Sequence[str], conns: int, duration: float
+) -> WrkResult:
+    loop = asyncio.get_running_loop()
+    lines = [f"{method} {target} HTTP/1.1", f"Host: 127.0.0.1:{port}", *headers]
+    request = ("\r\n".join(lines) + "\r\n\r\n").encode()
+    gen = _LoadGen(request, time.perf_counter() + duration, loop.create_future())
+    t0 = time.perf_counter()
+    for _ in range(conns):
+        try:
+            await loop.create_connection(lambda: _LoadProto(gen), "127.0.0.1", port)
+            gen.open_conns += 1
+        except OSError:
+            gen.errors["connect"] = gen.errors.get("connect", 0) + 1
+    if gen.open_conns:
+        await asyncio.wait_for(gen.done, timeout=duration + 30)
+    elapsed = time.perf_counter() - t0
+    lat = sorted(gen.latencies)
+
+    def pct(q: float) -> float:
+        return lat[min(len(lat) - 1, int(q * len(lat)))] * 1e3 if lat else 0.0
+
+    return WrkResult(elapsed, len(lat), 0, gen.errors, pct(0.50), pct(0.99))
+
+
+def run_pyload(
+    port: int, method: str, target: str, headers: Sequence[str], conns: int, duration: float
+) -> WrkResult:
+    try:
+        return asyncio.run(_pyload(port, method, target, headers, conns, duration))
+    except TimeoutError:
+        raise BenchError(f"{method} load: connections did not finish in time") from None
+
+
 Samples = dict[str, float]
 
 
@@ -699,11 +848,12 @@ class Session:
     opts: Options
     scripts: dict[str, Path]
     anomalies: list[str]
+    round: int
     samples: Samples = field(default_factory=dict)
 
     def note(self, what: str) -> None:
-        self.anomalies.append(f"{self.server.label}: {what}")
-        log(f"ANOMALY {self.server.label}: {what}")
+        self.anomalies.append(f"{self.server.label} round {self.round}: {what}")
+        log(f"ANOMALY {self.server.label} round {self.round}: {what}")
 
     def check_alive(self, where: str) -> None:
         if not self.server.alive():
@@ -766,10 +916,13 @@ class Session:
     def manifest(self) -> None:
         url = f"{self.server.base}/v2/{REPO}/manifests/{TAG}"
         for method, key in (("GET", "man_get"), ("HEAD", "man_head")):
+            accept = f"Accept: {OCI_MANIFEST}"
             cpu0 = self.server.cpu()
-            r = run_wrk(
-                url, 64, self.opts.duration, self.scripts[method], [f"Accept: {OCI_MANIFEST}"]
-            )
+            if method == "GET":
+                r = run_wrk(url, 64, self.opts.duration, self.scripts[method], [accept])
+            else:
+                target = f"/v2/{REPO}/manifests/{TAG}"
+                r = run_pyload(self.server.port, "HEAD", target, [accept], 64, self.opts.duration)
             cpu = self.server.cpu() - cpu0
             self.check_alive(f"manifest {method}")
             if r.errors:
@@ -792,7 +945,12 @@ class Session:
             t0 = time.perf_counter()
             if chunked:
                 push_file_chunked(
-                    conn, repo, self.content.big_path, self.content.big_digest, self.opts.chunk
+                    conn,
+                    repo,
+                    self.content.big_path,
+                    self.content.big_digest,
+                    self.opts.chunk,
+                    reconnect=self.opts.patch_new_conn,
                 )
             else:
                 push_file_one_put(conn, repo, self.content.big_path, self.content.big_digest)
@@ -813,10 +971,11 @@ def run_session(
     run_dir: Path,
     scripts: dict[str, Path],
     anomalies: list[str],
+    rnd: int,
 ) -> Samples:
     only = set(opts.only)
     with running_server(kind, label, opts, run_dir) as server:
-        session = Session(server, content, opts, scripts, anomalies)
+        session = Session(server, content, opts, scripts, anomalies, rnd)
         t0 = time.perf_counter()
         setup_registry(
             server,
@@ -833,17 +992,40 @@ def run_session(
             ("push-put", lambda: session.push(chunked=False)),
             ("push-chunked", lambda: session.push(chunked=True)),
         ]
+        other_total, wall_total = 0.0, 0.0
         for name, fn in steps:
             if name not in only:
                 continue
-            t0 = time.perf_counter()
-            try:
-                fn()
-            except (BenchError, OSError, subprocess.SubprocessError) as exc:
-                session.note(f"{name} failed: {exc}")
+            for attempt in range(opts.retry_noisy + 1):
+                busy0, server0, own0 = system_busy_seconds(), server.cpu(), own_cpu_seconds()
+                t0 = time.monotonic()
+                try:
+                    fn()
+                except (BenchError, OSError, subprocess.SubprocessError) as exc:
+                    session.note(f"{name} failed: {exc}")
+                    break
+                wall = time.monotonic() - t0
                 if not server.alive():
                     break
-            log(f"  {label}: {name} took {time.perf_counter() - t0:.1f} s")
+                other = (system_busy_seconds() - busy0) - (server.cpu() - server0)
+                other = max(0.0, other - (own_cpu_seconds() - own0))
+                pct = other * 100.0 / wall
+                log(f"  {label}: {name} took {wall:.1f} s (other processes {pct:.0f}% of a core)")
+                if pct <= OTHER_CPU_LIMIT or attempt == opts.retry_noisy:
+                    other_total += other
+                    wall_total += wall
+                    if pct > OTHER_CPU_LIMIT:
+                        session.note(
+                            f"{name}: noisy, other processes used {pct:.0f}% of a core"
+                            + (f" (after {attempt} retries)" if attempt else "")
+                        )
+                    break
+                busy = wait_quiet(opts.quiet_wait)
+                log(f"  {label}: redoing {name} (background now {busy:.0f}% of a core)")
+            if not server.alive():
+                break
+        if wall_total > 0:
+            session.samples[BACKGROUND.key] = other_total * 100.0 / wall_total
         if not server.alive():
             session.note(
                 f"server died (exit code {server.proc.returncode}); log tail:\n{server.log_tail()}"
@@ -923,8 +1105,18 @@ def render(
         ra = f"{fmt(min(xa), m.digits)}..{fmt(max(xa), m.digits)}" if xa else ""
         rb = f"{fmt(min(xb), m.digits)}..{fmt(max(xb), m.digits)}" if xb else ""
         arrow = "↑" if m.better == "higher" else "↓"
-        label = m.label.replace("  ", "&nbsp;&nbsp;", 1) if m.label.startswith("  ") else m.label
+        label = m.label.format(big=fmt_size(opts.big_size), chunk=fmt_size(opts.chunk))
+        if label.startswith("  "):
+            label = "&nbsp;&nbsp;" + label[2:]
         lines.append(f"| {label} | {m.unit} | {arrow} | {ma} | {mb} | {ratio} | {ra} | {rb} |")
+    for m in (BACKGROUND,):
+        xa, xb = results[a].get(m.key, []), results[b].get(m.key, [])
+        if xa or xb:
+            ma = fmt(median(xa), 0) if xa else "n/a"
+            mb = fmt(median(xb), 0) if xb else "n/a"
+            ra = f"{fmt(min(xa), 0)}..{fmt(max(xa), 0)}" if xa else ""
+            rb = f"{fmt(min(xb), 0)}..{fmt(max(xb), 0)}" if xb else ""
+            lines.append(f"| {m.label} | {m.unit} | ↓ | {ma} | {mb} | | {ra} | {rb} |")
     if ceiling:
         c = median(ceiling)
         lines.append(
@@ -942,14 +1134,15 @@ def render(
                 lines.append(f"Push ({what}) relative to the ceiling: {', '.join(parts)}.")
     lines += ["", "## Per-round samples", ""]
     for lab in labels:
-        for m in METRICS:
+        for m in (*METRICS, BACKGROUND):
             xs = results[lab].get(m.key)
             if xs:
                 lines.append(f"- {lab} `{m.key}`: " + ", ".join(fmt(x, m.digits) for x in xs))
     if ceiling:
         lines.append("- ceiling: " + ", ".join(f"{x:.2f}" for x in ceiling))
     lines += ["", "## Anomalies", ""]
-    lines += [f"- {x}" for x in anomalies] if anomalies else ["none"]
+    # multi-line details (server log tails) stay inside their list item
+    lines += [f"- {x}".replace("\n", "\n    ") for x in anomalies] if anomalies else ["none"]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -968,14 +1161,16 @@ def environment(opts: Options) -> dict[str, str]:
         ).stdout.strip()
         env["distribution"] = (
             f"`{v}` (filesystem storage, delete enabled, log level warn, "
-            "access log off, in-memory blob descriptor cache)"
+            f"access log {'on' if opts.access_log else 'off'}, in-memory blob descriptor cache)"
         )
     except OSError:
         pass
     if "dockyard" in opts.sides:
         w = opts.dockyard_workers
-        env["dockyard"] = f"`{opts.dockyard_bin} serve` with " + (
-            f"--workers {w}" if w is not None else "its default workers"
+        env["dockyard"] = (
+            f"`{opts.dockyard_bin} serve --log-level warning "
+            f"--{'' if opts.access_log else 'no-'}access-log"
+            + (f" --workers {w}`" if w is not None else "` (default workers)")
         )
         with contextlib.suppress(OSError, subprocess.SubprocessError):
             rev = subprocess.run(
@@ -1054,6 +1249,31 @@ def parse_args(argv: Sequence[str]) -> Options:
         help="keep the workdir (the cached random file) for the next run",
     )
     p.add_argument("--startup-timeout", type=float, default=30.0)
+    p.add_argument(
+        "--retry-noisy",
+        type=int,
+        default=1,
+        help="redo a step up to N times when other processes used over "
+        f"{OTHER_CPU_LIMIT:.0f}%% of a core during it (default 1)",
+    )
+    p.add_argument(
+        "--patch-new-conn",
+        action="store_true",
+        help="send each PATCH of the chunked push on a new connection (default: one "
+        "keep-alive connection); with --dockyard-workers > 1 this exercises chunks landing "
+        "in different worker processes",
+    )
+    p.add_argument(
+        "--access-log",
+        action="store_true",
+        help="turn the access log on for both servers (default: off for both)",
+    )
+    p.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=30.0,
+        help="before each session wait up to this many seconds for other processes to go idle",
+    )
     ns = p.parse_args(argv)
 
     only: list[str] = []
@@ -1087,6 +1307,10 @@ def parse_args(argv: Sequence[str]) -> Options:
         keep=ns.keep,
         out=ns.out,
         startup_timeout=ns.startup_timeout,
+        quiet_wait=ns.quiet_wait,
+        access_log=ns.access_log,
+        retry_noisy=ns.retry_noisy,
+        patch_new_conn=ns.patch_new_conn,
     )
 
 
@@ -1108,6 +1332,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     opts = parse_args(args)
     check_tools(opts)
     signal.signal(signal.SIGTERM, _on_sigterm)
+    # also when started in the background by a shell, which leaves SIGINT ignored
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     kind_a, kind_b = opts.sides
     labels = (kind_a, kind_b) if kind_a != kind_b else (f"{kind_a}#1", f"{kind_b}#2")
     started = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
@@ -1122,7 +1348,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     scripts = {
         "rotate": run_dir / "rotate.lua",
         "GET": run_dir / "get.lua",
-        "HEAD": run_dir / "head.lua",
     }
     interrupted = False
     content: Content | None = None
@@ -1131,7 +1356,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         paths = ", ".join(f'"/v2/{REPO}/blobs/{d}"' for d, _ in content.small)
         scripts["rotate"].write_text(WRK_ROTATE % paths + WRK_DONE)
         scripts["GET"].write_text(WRK_METHOD % "GET" + WRK_DONE)
-        scripts["HEAD"].write_text(WRK_METHOD % "HEAD" + WRK_DONE)
         server_steps = [m for m in opts.only if m != "ceiling"]
         for rnd in range(1, opts.rounds + 1):
             if "ceiling" in opts.only:
@@ -1141,9 +1365,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not server_steps:
                 continue
             for kind, label in zip(opts.sides, labels, strict=True):
-                log(f"round {rnd}/{opts.rounds}: {label}")
+                busy = wait_quiet(opts.quiet_wait)
+                log(f"round {rnd}/{opts.rounds}: {label} (background CPU {busy:.0f}% of a core)")
                 try:
-                    samples = run_session(kind, label, opts, content, run_dir, scripts, anomalies)
+                    samples = run_session(
+                        kind, label, opts, content, run_dir, scripts, anomalies, rnd
+                    )
                 except (BenchError, OSError, subprocess.SubprocessError) as exc:
                     anomalies.append(f"{label} round {rnd}: session failed: {exc}")
                     log(f"ANOMALY {label} round {rnd}: session failed: {exc}")
