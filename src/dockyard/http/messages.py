@@ -11,6 +11,7 @@ from urllib.parse import parse_qs
 from dockyard.oci.errors import RegistryError, SizeInvalid
 
 API_VERSION_HEADER = ("Docker-Distribution-Api-Version", "registry/2.0")
+DRAIN_LIMIT = 16 * 1024 * 1024
 
 
 class Headers(Protocol):
@@ -76,9 +77,16 @@ class Request:
             raise too_large
         parts: list[bytes] = []
         size = 0
-        async for chunk in self.body:
+        chunks = aiter(self.body)
+        async for chunk in chunks:
             size += len(chunk)
             if size > limit:
+                # Read a little more before answering, so that a client still sending gets
+                # the 413 instead of a reset connection; give up on anything much larger.
+                async for extra in chunks:
+                    size += len(extra)
+                    if size > limit + DRAIN_LIMIT:
+                        break
                 raise too_large
             parts.append(chunk)
         if declared is not None and size != declared:
