@@ -1,0 +1,1 @@
+"""Identities, the token service and access decisions."""
