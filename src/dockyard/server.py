@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
 
 from dockyard.config import Settings, is_loopback
@@ -28,6 +29,21 @@ def check(settings: Settings) -> None:
     for path in (settings.tls_cert, settings.tls_key):
         if path is not None and not path.is_file():
             raise ServeRefused(f"TLS file {path} does not exist")
+    check_port_free(settings.host, settings.port)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Refuse a port another program (or another Dockyard) already listens on.
+
+    granian binds with SO_REUSEPORT, which would let a second server silently share the
+    port with the first; a plain bind fails on any port in use.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ServeRefused(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
 def prepare(settings: Settings) -> None:
@@ -38,6 +54,23 @@ def prepare(settings: Settings) -> None:
         database.upgrade()
     finally:
         database.dispose()
+
+
+# granian's own messages go to stderr, so that stdout carries only the JSON access log
+_GRANIAN_LOGS_TO_STDERR = {
+    "handlers": {
+        "console": {
+            "formatter": "generic",
+            "class": "logging.StreamHandler",
+            "stream": "ext://sys.stderr",
+        },
+        "access": {
+            "formatter": "access",
+            "class": "logging.StreamHandler",
+            "stream": "ext://sys.stderr",
+        },
+    },
+}
 
 
 def serve(settings: Settings) -> None:
@@ -69,6 +102,7 @@ def serve(settings: Settings) -> None:
             websockets=False,
             backlog=2048,
             log_level=settings.log_level.lower(),  # type: ignore[arg-type]
+            log_dictconfig=_GRANIAN_LOGS_TO_STDERR,
             respawn_failed_workers=True,
             **tls,  # type: ignore[arg-type]
         ).serve()

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from typing import Any
@@ -125,13 +126,19 @@ class App:
             await asyncio.sleep(min(3600.0, max_age / 4))
 
     async def flush_metrics(self) -> None:
-        """Share this process's metric totals with the others, once a second."""
+        """Once a second: share this process's metric totals with the others, and stop if
+        the serving process that started this worker is gone (killed with -9, say), so no
+        orphan keeps answering on the port."""
+        parent = os.getppid()
         while True:
             await asyncio.sleep(1.0)
             try:
                 metrics.flush()
             except OSError:
                 log.exception("writing metrics failed")
+            if os.getppid() != parent:
+                log.warning("the dockyard server process is gone; this worker stops")
+                os.kill(os.getpid(), signal.SIGKILL)
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
         for task in self._tasks:

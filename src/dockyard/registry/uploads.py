@@ -110,6 +110,8 @@ class Uploads:
             ) from None
         except ValueError:  # grew between stat and lock: a concurrent writer finished
             raise RangeInvalid("the upload changed while this chunk arrived") from None
+        except FileNotFoundError:  # finished or cancelled by a concurrent request
+            raise BlobUploadUnknown(detail={"upload": upload_id}) from None
 
     async def _running_hash(self, upload_id: str, algorithm: str, offset: int) -> _RunningHash:
         """The hash of the upload's first ``offset`` bytes, re-hashed from storage if needed."""

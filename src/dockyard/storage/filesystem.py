@@ -32,7 +32,17 @@ class FileUploadWriter:
         except BlockingIOError:
             os.close(fd)
             raise UploadBusy(str(path)) from None
-        size = os.fstat(fd).st_size
+        # The upload may have been published (renamed into blobs/) between our open and
+        # our lock: then the path no longer names the file we hold.
+        held = os.fstat(fd)
+        try:
+            current = os.stat(path)
+        except FileNotFoundError:
+            current = None
+        if current is None or current.st_ino != held.st_ino or held.st_nlink == 0:
+            os.close(fd)
+            raise FileNotFoundError(str(path))
+        size = held.st_size
         if size != offset:
             os.close(fd)
             raise ValueError(f"upload has {size} bytes, chunk starts at {offset}")
