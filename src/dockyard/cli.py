@@ -42,6 +42,11 @@ def main() -> None:
     default=None,
     help="allow listening on a non-loopback address without authentication",
 )
+@click.option(
+    "--auth/--no-auth",
+    default=None,
+    help="require authentication (users, robots, Docker token auth) [off]",
+)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option("--access-log/--no-access-log", default=None, help="one JSON line per request")
 def serve(config: Path | None, **flags: Any) -> None:

@@ -39,6 +39,22 @@ class Settings(BaseSettings):
         False,
         description="permit listening on a non-loopback address without authentication",
     )
+    auth: bool = Field(
+        False, description="require authentication (Docker token auth, users, robots)"
+    )
+    token_service: str = Field("dockyard", description="the service name tokens are for")
+    token_issuer: str = Field("dockyard", description="the iss claim of issued tokens")
+    token_ttl_seconds: int = Field(300, ge=60, le=86400)
+    token_realm: str | None = Field(
+        None, description="absolute URL of the token endpoint; default: from the request"
+    )
+    keys_dir: Path | None = Field(None, description="token signing keys; default <data_dir>/keys")
+    anonymous_pull: bool = Field(True, description="anonymous users may pull public repositories")
+    anonymous_push: bool = Field(False, description="anyone may push (closed networks only)")
+    rate_limit_per_second: float = Field(
+        0.0, ge=0, description="requests a second per identity and per address; 0: no limit"
+    )
+    rate_limit_burst: int = Field(200, ge=1)
     max_manifest_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     log_level: str = "info"
     access_log: bool = True
@@ -49,6 +65,10 @@ class Settings(BaseSettings):
     def _check_listen(cls, value: str) -> str:
         parse_listen(value)
         return value
+
+    @property
+    def resolved_keys_dir(self) -> Path:
+        return (self.keys_dir or self.data_dir / "keys").resolve()
 
     @property
     def resolved_database_url(self) -> str:

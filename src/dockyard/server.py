@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import sys
 import tempfile
 
+from dockyard.auth.management import ensure_first_admin
 from dockyard.config import Settings, is_loopback
 from dockyard.db.engine import Database
 from dockyard.http.app import SETTINGS_ENV
@@ -17,12 +19,12 @@ class ServeRefused(Exception):
 
 
 def check(settings: Settings) -> None:
-    if not is_loopback(settings.host) and not settings.allow_open_registry:
+    if not settings.auth and not is_loopback(settings.host) and not settings.allow_open_registry:
         raise ServeRefused(
-            f"refusing to listen on {settings.listen}: Dockyard has no authentication yet, so "
-            "anyone who can reach that address could push and delete images. Listen on "
-            "127.0.0.1, or pass --allow-open-registry (DOCKYARD_ALLOW_OPEN_REGISTRY=true) "
-            "if an open registry on that address is what you want."
+            f"refusing to listen on {settings.listen} without authentication: anyone who can "
+            "reach that address could push and delete images. Turn authentication on with "
+            "--auth, listen on 127.0.0.1, or pass --allow-open-registry "
+            "(DOCKYARD_ALLOW_OPEN_REGISTRY=true) if an open registry is what you want."
         )
     if (settings.tls_cert is None) != (settings.tls_key is None):
         raise ServeRefused("--tls-cert and --tls-key must be given together")
@@ -52,6 +54,18 @@ def prepare(settings: Settings) -> None:
     database = Database(settings.resolved_database_url)
     try:
         database.upgrade()
+        if settings.auth:
+            with database.writer.begin() as conn:
+                password = ensure_first_admin(conn)
+            if password is not None:
+                print(
+                    "\n  Dockyard created the first administrator. Log in with:\n"
+                    f"    user:     admin\n    password: {password}\n"
+                    "  This password is shown once; change it with "
+                    "`dockyard user passwd admin`.\n",
+                    file=sys.stderr,
+                    flush=True,
+                )
     finally:
         database.dispose()
 

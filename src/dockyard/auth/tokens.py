@@ -17,6 +17,7 @@ from dockyard.auth.scopes import Scope
 
 ALGORITHMS = ["ES256", "RS256"]
 LEEWAY_SECONDS = 30
+EXTRA_CLAIM = "dockyard"
 
 
 class VerificationKeys(Protocol):
@@ -33,6 +34,7 @@ class AccessToken:
     access: tuple[Scope, ...]
     jti: str
     expires_at: float
+    extra: dict[str, Any] | None = None  # Dockyard's own claim: what kind of subject
 
     def allows(self, resource_type: str, name: str, action: str) -> bool:
         return any(
@@ -58,6 +60,7 @@ def issue(
     subject: str,
     access: list[Scope],
     ttl_seconds: int,
+    extra: dict[str, Any] | None = None,
 ) -> IssuedToken:
     key = keys.signing_key()
     now = int(time.time())
@@ -71,6 +74,8 @@ def issue(
         "jti": secrets.token_urlsafe(16),
         "access": [scope.to_claim() for scope in access],
     }
+    if extra:
+        claims[EXTRA_CLAIM] = extra
     token = jwt.encode(
         claims, key.private, algorithm=key.algorithm, headers={"kid": key.kid, "typ": "JWT"}
     )
@@ -109,6 +114,7 @@ def verify(token: str, keys: VerificationKeys, *, issuer: str, audience: str) ->
         access=tuple(_access(claims.get("access"))),
         jti=str(claims["jti"]),
         expires_at=float(claims["exp"]),
+        extra=claims[EXTRA_CLAIM] if isinstance(claims.get(EXTRA_CLAIM), dict) else None,
     )
 
 

@@ -118,3 +118,78 @@ uploads = Table(
     Column("hash_algorithm", String(16), nullable=False),
     Column("created_at", Float, nullable=False),
 )
+
+# Identity and access (migration 0002)
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("password_hash", String(255), nullable=False),
+    Column("is_admin", Integer, nullable=False, default=0),
+    Column("disabled", Integer, nullable=False, default=0),
+    Column("created_at", Float, nullable=False),
+)
+
+organizations = Table(
+    "organizations",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("public", Integer, nullable=False, default=0),
+    Column("created_at", Float, nullable=False),
+)
+
+members = Table(
+    "members",
+    metadata,
+    Column(
+        "organization_id",
+        Integer,
+        ForeignKey("organizations.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    Column("role", String(16), nullable=False),
+)
+
+# Robot accounts and personal access tokens: a secret (shown once, stored as SHA-256: it is
+# random and long), a namespace they act in, permissions, an expiry, a revocation.
+credentials = Table(
+    "credentials",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("kind", String(8), nullable=False),  # "robot" or "token"
+    Column("name", String(128), nullable=False),
+    Column("owner_user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=True),
+    Column("namespace", String(64), nullable=True),
+    Column("permissions", Text, nullable=False),  # JSON [{"repository": glob, "actions": [..]}]
+    Column("secret_hash", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=True),
+    Column("revoked_at", Float, nullable=True),
+    Column("last_used_at", Float, nullable=True),
+    UniqueConstraint("kind", "name", name="uq_credentials_kind_name"),
+)
+
+repository_settings = Table(
+    "repository_settings",
+    metadata,
+    Column("name", String(255), primary_key=True),
+    Column("public", Integer, nullable=False),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("ts", Float, nullable=False),
+    Column("actor", String(128), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("resource", String(255), nullable=True),
+    Column("client", String(64), nullable=True),
+    Column("detail", Text, nullable=True),
+    Index("ix_audit_log_ts", "ts"),
+    Index("ix_audit_log_resource", "resource"),
+)

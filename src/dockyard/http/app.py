@@ -13,9 +13,12 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from dockyard.auth.policy import Rules
+from dockyard.auth.service import AuthService, AuthSettings, Caller
 from dockyard.config import Settings
 from dockyard.db.schema import uploads
 from dockyard.http import metrics
+from dockyard.http.access import authorize
 from dockyard.http.messages import (
     API_VERSION_HEADER,
     Request,
@@ -24,9 +27,10 @@ from dockyard.http.messages import (
     json_response,
 )
 from dockyard.http.routes import Router
+from dockyard.http.token import RefreshTokens, TokenEndpoint
 from dockyard.http.v2_blobs import BlobEndpoints
 from dockyard.http.v2_manifests import ListingEndpoints, ManifestEndpoints
-from dockyard.oci.errors import RegistryError
+from dockyard.oci.errors import MethodNotAllowed, NotFound, RegistryError
 from dockyard.registry.cache import ReadCache
 from dockyard.registry.service import Registry
 
@@ -100,6 +104,8 @@ class App:
         self.settings = settings
         self.registry: Registry | None = None
         self.cache: ReadCache
+        self.auth: AuthService | None = None
+        self.token_endpoint: TokenEndpoint | None = None
         self.router: Router | None = None
         self.access_log = settings.access_log
 
@@ -107,6 +113,22 @@ class App:
         self.registry = Registry.from_settings(self.settings)
         self.router = build_router(self.registry)
         self.cache = self.registry.ctx.cache
+        if self.settings.auth:
+            settings = self.settings
+            self.auth = AuthService(
+                self.registry.ctx,
+                AuthSettings(
+                    service=settings.token_service,
+                    issuer=settings.token_issuer,
+                    token_ttl_seconds=settings.token_ttl_seconds,
+                    realm=settings.token_realm,
+                    rules=Rules(settings.anonymous_pull, settings.anonymous_push),
+                    requests_per_second=settings.rate_limit_per_second,
+                    burst=settings.rate_limit_burst,
+                ),
+                settings.resolved_keys_dir,
+            )
+            self.token_endpoint = TokenEndpoint(self.auth, RefreshTokens(self.auth))
         self._tasks = [
             loop.create_task(self.housekeeping()),
             loop.create_task(self.flush_metrics()),
@@ -158,7 +180,8 @@ class App:
             headers = scope.headers
             if "range" not in headers and "if-none-match" not in headers:
                 key = (scope.path, scope.query_string, tuple(headers.get_all("accept")))
-                hit = self.cache.get(key)
+                # with authentication on, the request is authorised first (in ``handle``)
+                hit = self.cache.get(key) if self.auth is None else None
                 if hit is not None:
                     response, route_name = hit
                     sent = self.send(proto, method, response)
@@ -173,10 +196,11 @@ class App:
             headers=scope.headers,
             body=body,
             client=scope.client,
+            scheme=scope.scheme,
         )
         route_name = "other"
         try:
-            response, route_name = await self.handle(request)
+            response, route_name = await self.handle(request, key)
         except RegistryError as error:
             response = error_response(error)
         except Exception:
@@ -199,8 +223,14 @@ class App:
         if self.access_log:
             _write_access_log(scope, status, bytes_in, bytes_out, elapsed, route)
 
-    async def handle(self, request: Request) -> tuple[Response, str]:
+    async def handle(self, request: Request, key: Any = None) -> tuple[Response, str]:
         path = request.path
+        if path == "/auth/token" and self.token_endpoint is not None:
+            if request.method == "POST":
+                return await self.token_endpoint.post(request), "token"
+            if request.method in ("GET", "HEAD"):
+                return await self.token_endpoint.get(request), "token"
+            raise MethodNotAllowed("the token endpoint takes GET and POST")
         if not path.startswith("/v2"):
             return await self.operations(request), path.strip("/") or "root"
         assert self.router is not None
@@ -208,9 +238,38 @@ class App:
         try:
             route, handler, params = self.router.match(request)
             route_name = route.name
-            return await handler(request, **params), route_name
+            caller = None
+            if self.auth is not None:
+                caller = await authorize(self.auth, request, route_name, params)
+                if key is not None:
+                    hit = self.cache.get(key)
+                    if hit is not None:
+                        return hit  # type: ignore[no-any-return]
+            response = await handler(request, **params)
+            if caller is not None and response.status in (201, 202):
+                await self.audit_change(request, route_name, params, caller)
+            return response, route_name
         except RegistryError as error:
             return error_response(error), route_name
+
+    async def audit_change(
+        self, request: Request, route: str, params: dict[str, str], caller: Caller
+    ) -> None:
+        """Pushes and deletes go to the audit log (uploads and chunks do not)."""
+        assert self.auth is not None
+        action = {
+            ("manifest", "PUT"): "manifest.push",
+            ("manifest", "DELETE"): "manifest.delete",
+            ("blob", "DELETE"): "blob.delete",
+        }.get((route, request.method))
+        if action is not None:
+            await self.auth.audit(
+                caller.identity.subject or "anonymous",
+                action,
+                params.get("name"),
+                request.client,
+                {"reference": params.get("reference") or params.get("digest")},
+            )
 
     async def operations(self, request: Request) -> Response:
         """Health, readiness and metrics; nothing else lives outside /v2 yet."""
@@ -253,8 +312,6 @@ class App:
 
 
 def error_response_for_unknown(request: Request) -> Response:
-    from dockyard.oci.errors import NotFound
-
     return error_response(NotFound(f"no such endpoint: {request.path[:100]}"))
 
 

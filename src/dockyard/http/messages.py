@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import parse_qs
@@ -32,6 +32,12 @@ class Request:
     headers: Headers
     body: Body
     client: str = ""
+    scheme: str = "http"
+    # May the caller read this other repository? (cross-repository mounts); set by the
+    # access layer when authentication is on.
+    may_pull: Callable[[str], Awaitable[bool]] | None = field(default=None, repr=False)
+    # Which of these repositories may the caller see? (the catalog)
+    visible: Callable[[list[str]], Awaitable[list[str]]] | None = field(default=None, repr=False)
     _query: dict[str, list[str]] | None = field(default=None, repr=False)
 
     @property

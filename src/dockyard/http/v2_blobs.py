@@ -59,7 +59,9 @@ class BlobEndpoints:
             parse_digest(mount)
             if source is not None and source != name:
                 validate_name(source)
-                if await self.registry.blobs.mount(name, mount, source):
+                # Without pull on the source, the mount silently becomes an upload.
+                readable = request.may_pull is None or await request.may_pull(source)
+                if readable and await self.registry.blobs.mount(name, mount, source):
                     return _created(name, mount)
         digest = request.arg("digest")
         if digest is not None:

@@ -70,7 +70,8 @@ class ListingEndpoints:
     async def catalog(self, request: Request) -> Response:
         n = parse_page_size(request.arg("n"), self.registry.ctx.limits.max_page_size)
         page = await self.registry.listings.catalog(n, request.arg("last"))
-        return _paged({"repositories": page.items}, page, "/v2/_catalog", n)
+        items = page.items if request.visible is None else await request.visible(page.items)
+        return _paged({"repositories": items}, page, "/v2/_catalog", n, page.items)
 
     async def referrers(self, request: Request, name: str, digest: str) -> Response:
         validate_name(name)
@@ -95,9 +96,18 @@ class ListingEndpoints:
         return json_response(200, {})
 
 
-def _paged(payload: dict[str, object], page: Page, path: str, n: int | None) -> Response:
+def _paged(
+    payload: dict[str, object],
+    page: Page,
+    path: str,
+    n: int | None,
+    unfiltered: list[str] | None = None,
+) -> Response:
+    """The page as JSON with its ``Link`` to the next (after the last row read, whether or
+    not the caller could see it)."""
     headers = []
-    if page.more and page.items:
-        query = urlencode({"n": n, "last": page.items[-1]})
+    rows = unfiltered if unfiltered is not None else page.items
+    if page.more and rows:
+        query = urlencode({"n": n, "last": rows[-1]})
         headers.append(("Link", f'<{path}?{query}>; rel="next"'))
     return json_response(200, payload, headers)
