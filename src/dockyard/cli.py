@@ -79,5 +79,13 @@ def upgrade(config: Path | None, **flags: Any) -> None:
     click.echo("database is up to date")
 
 
+def _register_identity_commands() -> None:
+    from dockyard.cli_identity import register
+
+    register(main)
+
+
+_register_identity_commands()
+
 if __name__ == "__main__":
     main()

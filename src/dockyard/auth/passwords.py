@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import secrets
 
+import bcrypt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
@@ -20,6 +21,14 @@ def hash_password(password: str) -> str:
 
 
 def verify_password(stored_hash: str | None, password: str) -> bool:
+    if stored_hash is not None and stored_hash.startswith(("$2y$", "$2a$", "$2b$")):
+        # bcrypt, as imported from a registry:2 htpasswd file
+        try:
+            return bcrypt.checkpw(
+                password.encode(), stored_hash.replace("$2y$", "$2b$", 1).encode()
+            )
+        except ValueError:
+            return False
     try:
         return _hasher.verify(stored_hash or _DUMMY_HASH, password) and stored_hash is not None
     except (VerifyMismatchError, VerificationError, InvalidHashError):

@@ -19,6 +19,7 @@ from dockyard.config import Settings
 from dockyard.db.schema import uploads
 from dockyard.http import metrics
 from dockyard.http.access import authorize
+from dockyard.http.api import ManagementAPI
 from dockyard.http.messages import (
     API_VERSION_HEADER,
     Request,
@@ -106,6 +107,7 @@ class App:
         self.cache: ReadCache
         self.auth: AuthService | None = None
         self.token_endpoint: TokenEndpoint | None = None
+        self.api: ManagementAPI | None = None
         self.router: Router | None = None
         self.access_log = settings.access_log
 
@@ -129,6 +131,7 @@ class App:
                 settings.resolved_keys_dir,
             )
             self.token_endpoint = TokenEndpoint(self.auth, RefreshTokens(self.auth))
+        self.api = ManagementAPI(self.registry, self.auth)
         self._tasks = [
             loop.create_task(self.housekeeping()),
             loop.create_task(self.flush_metrics()),
@@ -231,6 +234,9 @@ class App:
             if request.method in ("GET", "HEAD"):
                 return await self.token_endpoint.get(request), "token"
             raise MethodNotAllowed("the token endpoint takes GET and POST")
+        if path.startswith("/api/"):
+            assert self.api is not None
+            return await self.api.handle(request), "api"
         if not path.startswith("/v2"):
             return await self.operations(request), path.strip("/") or "root"
         assert self.router is not None
