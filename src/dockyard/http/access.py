@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
+from dockyard.auth.scopes import Scope
 from dockyard.auth.service import AuthService, Caller
 from dockyard.http.messages import Request
-from dockyard.oci.errors import NameInvalid
+from dockyard.oci.errors import NameInvalid, Unauthorized
 from dockyard.oci.names import validate_name
 
 PULL = frozenset({"pull"})
@@ -32,9 +33,19 @@ async def authorize(
     auth: AuthService, request: Request, route: str, params: dict[str, str]
 ) -> Caller:
     """Raise 401/403/429 unless the request may go on; return the caller."""
-    caller = await auth.identify(request.header("authorization"), request.client)
-    auth.throttle(caller, request.client)
     realm = realm_of(request)
+    authorization = request.header("authorization")
+    try:
+        caller = await auth.identify(authorization, request.client)
+    except Unauthorized as exc:
+        needed = NEEDED.get(route, {}).get(request.method)
+        name = params.get("name")
+        scope = Scope("repository", name, needed) if needed and name else None
+        bearer = (authorization or "").lower().startswith("bearer ")
+        raise auth.challenge(
+            realm, scope, "invalid_token" if bearer else None, exc.message
+        ) from None
+    auth.throttle(caller, request.client)
     if route in ("base", "catalog"):
         if caller.identity.anonymous and caller.token is None:
             raise auth.challenge(realm)
