@@ -85,12 +85,39 @@ def split_secret(secret: str, prefix: str) -> tuple[str, str] | None:
     return credential_id, secret
 
 
+def _active(row: id_db.CredentialRow | None) -> bool:
+    return (
+        row is not None
+        and row.revoked_at is None
+        and (row.expires_at is None or row.expires_at >= time.time())
+    )
+
+
 def _usable(row: id_db.CredentialRow | None, secret: str) -> id_db.CredentialRow:
-    if row is None or not same(row.secret_hash, hash_secret(secret)):
-        raise LoginFailed
-    if row.revoked_at is not None or (row.expires_at is not None and row.expires_at < time.time()):
+    if row is None or not same(row.secret_hash, hash_secret(secret)) or not _active(row):
         raise LoginFailed
     return row
+
+
+def _robot(login_name: str, row: id_db.CredentialRow) -> Identity:
+    return Identity(
+        "robot",
+        login_name,
+        namespace=row.namespace,
+        permissions=tuple(Permission.from_json(p) for p in row.permissions),
+        credential_id=row.id,
+    )
+
+
+def _token(user: id_db.UserRow, row: id_db.CredentialRow) -> Identity:
+    return Identity(
+        "token",
+        user.name,
+        user_id=user.id,
+        is_admin=user.is_admin,
+        permissions=tuple(Permission.from_json(p) for p in row.permissions),
+        credential_id=row.id,
+    )
 
 
 def authenticate(conn: Connection, username: str, secret: str) -> Identity:
@@ -99,28 +126,14 @@ def authenticate(conn: Connection, username: str, secret: str) -> Identity:
         raise LoginFailed
     if username.startswith(ROBOT_PREFIX):
         robot = id_db.credential_by_name(conn, "robot", username[len(ROBOT_PREFIX) :])
-        row = _usable(robot, secret)
-        return Identity(
-            "robot",
-            username,
-            namespace=row.namespace,
-            permissions=tuple(Permission.from_json(p) for p in row.permissions),
-            credential_id=row.id,
-        )
+        return _robot(username, _usable(robot, secret))
     user = id_db.user_by_name(conn, username)
     token = split_secret(secret, TOKEN_PREFIX)
     if token is not None:
         row = _usable(id_db.credential(conn, token[0]), secret)
         if row.kind != "token" or user is None or row.owner_user_id != user.id or user.disabled:
             raise LoginFailed
-        return Identity(
-            "token",
-            user.name,
-            user_id=user.id,
-            is_admin=user.is_admin,
-            permissions=tuple(Permission.from_json(p) for p in row.permissions),
-            credential_id=row.id,
-        )
+        return _token(user, row)
     if not verify_password(user.password_hash if user else None, secret):
         raise LoginFailed
     assert user is not None
@@ -130,35 +143,19 @@ def authenticate(conn: Connection, username: str, secret: str) -> Identity:
 
 
 def resolve(conn: Connection, subject: str, claim: dict[str, Any] | None) -> Identity | None:
-    """The identity a token was issued to, as it stands now (None when gone or revoked)."""
+    """The identity a token was issued to, as it stands now (None when gone, disabled,
+    revoked or expired)."""
     if not subject:
         return ANONYMOUS
     kind = (claim or {}).get("kind", "user")
     credential_id = (claim or {}).get("credential")
     if kind == "robot" or subject.startswith(ROBOT_PREFIX):
         row = id_db.credential_by_name(conn, "robot", subject[len(ROBOT_PREFIX) :])
-        if row is None or row.revoked_at is not None:
-            return None
-        return Identity(
-            "robot",
-            subject,
-            namespace=row.namespace,
-            permissions=tuple(Permission.from_json(p) for p in row.permissions),
-            credential_id=row.id,
-        )
+        return _robot(subject, row) if row is not None and _active(row) else None
     user = id_db.user_by_name(conn, subject)
     if user is None or user.disabled:
         return None
     if kind == "token" and isinstance(credential_id, str):
         cred = id_db.credential(conn, credential_id)
-        if cred is None or cred.revoked_at is not None:
-            return None
-        return Identity(
-            "token",
-            user.name,
-            user_id=user.id,
-            is_admin=user.is_admin,
-            permissions=tuple(Permission.from_json(p) for p in cred.permissions),
-            credential_id=cred.id,
-        )
+        return _token(user, cred) if cred is not None and _active(cred) else None
     return Identity("user", user.name, user_id=user.id, is_admin=user.is_admin)

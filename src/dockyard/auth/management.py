@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Connection
@@ -203,23 +204,16 @@ def create_robot(
     full_name = f"{namespace}+{name}"
     if id_db.credential_by_name(conn, "robot", full_name) is not None:
         raise ConflictError(f"robot {ROBOT_PREFIX}{full_name} exists")
-    credential_id = secrets.token_hex(8)
-    secret = f"{ROBOT_SECRET_PREFIX}{credential_id}_{new_secret()}"
-    row = id_db.CredentialRow(
-        id=credential_id,
+    return _new_credential(
+        conn,
+        ROBOT_SECRET_PREFIX,
         kind="robot",
-        name=full_name,
+        name=lambda _: full_name,
         owner_user_id=None,
         namespace=namespace,
         permissions=[p.to_json() for p in permissions],
-        secret_hash=hash_secret(secret),
-        created_at=time.time(),
         expires_at=_expiry(expires_in_days),
-        revoked_at=None,
-        last_used_at=None,
     )
-    id_db.create_credential(conn, row)
-    return row, secret
 
 
 def create_access_token(
@@ -233,19 +227,44 @@ def create_access_token(
     owner = require_user(conn, user)
     if not name or len(name) > 64:
         raise ManagementError("a token needs a name of at most 64 characters")
-    credential_id = secrets.token_hex(8)
-    secret = f"{TOKEN_PREFIX}{credential_id}_{new_secret()}"
     grants = permissions or [Permission("*", frozenset(ACTIONS))]
-    row = id_db.CredentialRow(
-        id=credential_id,
+    return _new_credential(
+        conn,
+        TOKEN_PREFIX,
         kind="token",
-        name=f"{user}:{name}:{credential_id}",
+        name=lambda credential_id: f"{user}:{name}:{credential_id}",
         owner_user_id=owner.id,
         namespace=None,
         permissions=[p.to_json() for p in grants],
+        expires_at=_expiry(expires_in_days),
+    )
+
+
+def _new_credential(
+    conn: Connection,
+    prefix: str,
+    *,
+    kind: str,
+    name: Callable[[str], str],
+    owner_user_id: int | None,
+    namespace: str | None,
+    permissions: list[dict[str, Any]],
+    expires_at: float | None,
+) -> tuple[id_db.CredentialRow, str]:
+    """Store a credential with a fresh id and secret (``<prefix><id>_<random>``, kept only
+    as a hash); return it and the secret, to be shown once."""
+    credential_id = secrets.token_hex(8)
+    secret = f"{prefix}{credential_id}_{new_secret()}"
+    row = id_db.CredentialRow(
+        id=credential_id,
+        kind=kind,
+        name=name(credential_id),
+        owner_user_id=owner_user_id,
+        namespace=namespace,
+        permissions=permissions,
         secret_hash=hash_secret(secret),
         created_at=time.time(),
-        expires_at=_expiry(expires_in_days),
+        expires_at=expires_at,
         revoked_at=None,
         last_used_at=None,
     )
@@ -268,23 +287,15 @@ def credential_json(row: id_db.CredentialRow) -> dict[str, Any]:
 
 
 def create_refresh_token(conn: Connection, identity: Identity, expires_at: float) -> str:
-    credential_id = secrets.token_hex(8)
-    secret = f"{REFRESH_PREFIX}{credential_id}_{new_secret()}"
-    id_db.create_credential(
+    _, secret = _new_credential(
         conn,
-        id_db.CredentialRow(
-            id=credential_id,
-            kind="refresh",
-            name=f"{identity.subject}:{credential_id}",
-            owner_user_id=identity.user_id,
-            namespace=identity.subject,
-            permissions=[identity.claim()],
-            secret_hash=hash_secret(secret),
-            created_at=time.time(),
-            expires_at=expires_at,
-            revoked_at=None,
-            last_used_at=None,
-        ),
+        REFRESH_PREFIX,
+        kind="refresh",
+        name=lambda credential_id: f"{identity.subject}:{credential_id}",
+        owner_user_id=identity.user_id,
+        namespace=identity.subject,
+        permissions=[identity.claim()],
+        expires_at=expires_at,
     )
     return secret
 
