@@ -79,6 +79,69 @@ def upgrade(config: Path | None, **flags: Any) -> None:
     click.echo("database is up to date")
 
 
+def _collector(settings: Settings, grace: int | None, untagged: bool | None) -> Any:
+    from dockyard.registry.gc import GarbageCollector, GcPolicy
+    from dockyard.registry.service import Registry
+
+    registry = Registry.from_settings(settings)
+    policy = GcPolicy(
+        grace_seconds=settings.gc_grace_seconds if grace is None else grace,
+        delete_untagged=settings.gc_delete_untagged if untagged is None else untagged,
+    )
+    return registry, GarbageCollector(registry.ctx, policy)
+
+
+@main.command()
+@click.option("--config", "config", type=click.Path(path_type=Path, exists=True))
+@click.option("--data-dir", type=click.Path(path_type=Path))
+@click.option("--database-url")
+@click.option("--dry-run", is_flag=True, help="report what would be freed; change nothing")
+@click.option("--grace-seconds", type=int, help="keep anything younger [gc_grace_seconds]")
+@click.option(
+    "--delete-untagged/--keep-untagged",
+    default=None,
+    help="also collect manifests nothing keeps [gc_delete_untagged]",
+)
+def gc(
+    config: Path | None,
+    dry_run: bool,
+    grace_seconds: int | None,
+    delete_untagged: bool | None,
+    **flags: Any,
+) -> None:
+    """Collect garbage online (the registry keeps serving) and print what was freed."""
+    import asyncio
+    import json
+
+    from dockyard.server import prepare
+
+    settings = _settings(config, **flags)
+    prepare(settings.model_copy(update={"auth": False}))
+    registry, collector = _collector(settings, grace_seconds, delete_untagged)
+    try:
+        report = asyncio.run(collector.collect(dry_run=dry_run))
+    finally:
+        registry.close()
+    click.echo(json.dumps(report.to_json(), indent=2))
+
+
+@main.command()
+@click.option("--config", "config", type=click.Path(path_type=Path, exists=True))
+@click.option("--data-dir", type=click.Path(path_type=Path))
+@click.option("--database-url")
+@click.option("--once", is_flag=True, help="run each job once and exit")
+def worker(config: Path | None, once: bool, **flags: Any) -> None:
+    """Background jobs: garbage collection every gc_interval_seconds, stale upload purge."""
+    import asyncio
+
+    from dockyard.server import prepare
+    from dockyard.workers import run_worker
+
+    settings = _settings(config, **flags)
+    prepare(settings.model_copy(update={"auth": False}))
+    asyncio.run(run_worker(settings, once=once))
+
+
 def _register_identity_commands() -> None:
     from dockyard.cli_identity import register
 

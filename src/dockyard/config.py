@@ -59,6 +59,15 @@ class Settings(BaseSettings):
     log_level: str = "info"
     access_log: bool = True
     upload_purge_after_seconds: int = Field(7 * 24 * 3600, ge=60)
+    gc_interval_seconds: int = Field(
+        0, ge=0, description="run garbage collection this often in `dockyard worker`; 0: never"
+    )
+    gc_grace_seconds: int = Field(
+        3600, ge=0, description="never collect anything younger (protects pushes in flight)"
+    )
+    gc_delete_untagged: bool = Field(
+        False, description="collect manifests no tag, index or subject keeps"
+    )
 
     @field_validator("listen")
     @classmethod

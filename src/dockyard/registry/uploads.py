@@ -213,14 +213,19 @@ class Uploads:
                     "the uploaded content does not match the digest given",
                     detail={"expected": digest, "actual": actual, "size": size},
                 )
-            await self.ctx.run(lambda: self.ctx.store.publish_upload(upload_id, digest))
 
             def commit(conn: Connection) -> None:
                 blob_db.record(conn, digest, size)
                 blob_db.link(conn, row.repository_id, digest)
                 upload_db.remove(conn, upload_id)
 
-            await self.ctx.write(commit)
+            # publish and record under the blob's lock: the garbage collector takes it too
+            lock = await self.ctx.run(lambda: self.ctx.store.lock_blob(digest))
+            try:
+                await self.ctx.run(lambda: self.ctx.store.publish_upload(upload_id, digest))
+                await self.ctx.write(commit)
+            finally:
+                lock.release()
             self._hashes.pop(upload_id, None)
             return UploadStatus(upload_id, size)
         finally:

@@ -25,6 +25,13 @@ class UploadWriter(Protocol):
     def close(self) -> None: ...
 
 
+class BlobLock(Protocol):
+    """Held while a blob is published and recorded, or checked and deleted by the garbage
+    collector, so that the two never interleave for one digest."""
+
+    def release(self) -> None: ...
+
+
 class UploadBusy(Exception):
     """Another request is writing to the same upload right now."""
 
@@ -40,6 +47,12 @@ class BlobStore(Protocol):
         """The blob's bytes from ``start`` up to ``end`` (exclusive)."""
 
     def delete_blob(self, digest: str) -> None: ...
+
+    def lock_blob(self, digest: str) -> BlobLock:
+        """Wait for and take the lock of ``digest`` (shared by every process)."""
+
+    def blob_mtime(self, digest: str) -> float | None:
+        """When the blob's bytes were stored (epoch seconds), or None when absent."""
 
     def list_blobs(self) -> Iterator[str]: ...
 

@@ -72,13 +72,29 @@ class FileUploadWriter:
             self._fd = -1
 
 
+class FileLock:
+    def __init__(self, path: Path) -> None:
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(self._fd)
+            raise
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)  # closing releases the flock
+            self._fd = -1
+
+
 class FilesystemBlobStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._blobs = root / "blobs"
         self._uploads = root / "uploads"
-        self._blobs.mkdir(parents=True, exist_ok=True)
-        self._uploads.mkdir(parents=True, exist_ok=True)
+        self._locks = root / "locks"
+        for directory in (self._blobs, self._uploads, self._locks):
+            directory.mkdir(parents=True, exist_ok=True)
 
     # blobs
 
@@ -113,6 +129,17 @@ class FilesystemBlobStore:
     def delete_blob(self, digest: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._blob_file(digest).unlink()
+
+    def lock_blob(self, digest: str) -> FileLock:
+        # 256 lock files, by the first byte of the digest: few files, little contention
+        _, _, hex_part = digest.partition(":")
+        return FileLock(self._locks / f"{hex_part[:2] or 'xx'}.lock")
+
+    def blob_mtime(self, digest: str) -> float | None:
+        try:
+            return os.stat(self._blob_file(digest)).st_mtime
+        except FileNotFoundError:
+            return None
 
     def list_blobs(self) -> Iterator[str]:
         for algorithm_dir in self._blobs.iterdir():
