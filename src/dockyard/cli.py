@@ -144,8 +144,10 @@ def worker(config: Path | None, once: bool, **flags: Any) -> None:
 
 def _register_identity_commands() -> None:
     from dockyard.cli_identity import register
+    from dockyard.cli_lifecycle import register as register_lifecycle
 
     register(main)
+    register_lifecycle(main)
 
 
 _register_identity_commands()

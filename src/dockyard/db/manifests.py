@@ -106,6 +106,12 @@ def store(
     return manifest_id
 
 
+def tags_of(conn: Connection, manifest_id: int) -> list[str]:
+    return list(
+        conn.execute(select(tags.c.name).where(tags.c.manifest_id == manifest_id)).scalars()
+    )
+
+
 def remove(conn: Connection, manifest_id: int) -> None:
     conn.execute(delete(tags).where(tags.c.manifest_id == manifest_id))
     conn.execute(

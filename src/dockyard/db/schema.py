@@ -193,3 +193,23 @@ audit_log = Table(
     Index("ix_audit_log_ts", "ts"),
     Index("ix_audit_log_resource", "resource"),
 )
+
+# Storage lifecycle (migration 0003)
+
+quotas = Table(
+    "quotas",
+    metadata,
+    Column("namespace", String(64), primary_key=True),
+    Column("max_bytes", BigInteger, nullable=True),
+    Column("max_repositories", Integer, nullable=True),
+)
+
+immutability_rules = Table(
+    "immutability_rules",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("repository_pattern", String(255), nullable=False),
+    Column("tag_pattern", String(128), nullable=False),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("repository_pattern", "tag_pattern", name="uq_immutability_rule"),
+)

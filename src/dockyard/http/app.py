@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from dockyard.auth.external import ExternalAuthService, NoTokenEndpoint
 from dockyard.auth.policy import Rules
 from dockyard.auth.service import AuthService, AuthSettings, Caller
 from dockyard.config import Settings
@@ -34,6 +35,7 @@ from dockyard.http.v2_manifests import ListingEndpoints, ManifestEndpoints
 from dockyard.oci.errors import MethodNotAllowed, NotFound, RegistryError
 from dockyard.registry.cache import ReadCache
 from dockyard.registry.service import Registry
+from dockyard.registry.usage import usage
 
 log = logging.getLogger("dockyard")
 
@@ -106,7 +108,7 @@ class App:
         self.registry: Registry | None = None
         self.cache: ReadCache
         self.auth: AuthService | None = None
-        self.token_endpoint: TokenEndpoint | None = None
+        self.token_endpoint: TokenEndpoint | NoTokenEndpoint | None = None
         self.api: ManagementAPI | None = None
         self.router: Router | None = None
         self.access_log = settings.access_log
@@ -117,20 +119,29 @@ class App:
         self.cache = self.registry.ctx.cache
         if self.settings.auth:
             settings = self.settings
-            self.auth = AuthService(
-                self.registry.ctx,
-                AuthSettings(
-                    service=settings.token_service,
-                    issuer=settings.token_issuer,
-                    token_ttl_seconds=settings.token_ttl_seconds,
-                    realm=settings.token_realm,
-                    rules=Rules(settings.anonymous_pull, settings.anonymous_push),
-                    requests_per_second=settings.rate_limit_per_second,
-                    burst=settings.rate_limit_burst,
-                ),
-                settings.resolved_keys_dir,
+            auth_settings = AuthSettings(
+                service=settings.token_service,
+                issuer=settings.token_issuer,
+                token_ttl_seconds=settings.token_ttl_seconds,
+                realm=settings.token_realm,
+                rules=Rules(settings.anonymous_pull, settings.anonymous_push),
+                requests_per_second=settings.rate_limit_per_second,
+                burst=settings.rate_limit_burst,
             )
-            self.token_endpoint = TokenEndpoint(self.auth, RefreshTokens(self.auth))
+            if settings.token_issuer_mode == "external":
+                external = ExternalAuthService(
+                    self.registry.ctx,
+                    auth_settings,
+                    settings.resolved_keys_dir,
+                    settings.trust_store(),
+                )
+                self.auth = external
+                self.token_endpoint = NoTokenEndpoint(external)
+            else:
+                self.auth = AuthService(
+                    self.registry.ctx, auth_settings, settings.resolved_keys_dir
+                )
+                self.token_endpoint = TokenEndpoint(self.auth, RefreshTokens(self.auth))
         self.api = ManagementAPI(self.registry, self.auth)
         self._tasks = [
             loop.create_task(self.housekeeping()),
@@ -292,7 +303,7 @@ class App:
         if request.path == "/metrics":
             registry = self.registry
             body, content_type = await registry.ctx.run(
-                lambda: metrics.render(lambda: _count_uploads(registry))
+                lambda: metrics.render(lambda: _registry_gauges(registry))
             )
             return Response(200, [("Content-Type", content_type)], body)
         return error_response_for_unknown(request)
@@ -321,9 +332,10 @@ def error_response_for_unknown(request: Request) -> Response:
     return error_response(NotFound(f"no such endpoint: {request.path[:100]}"))
 
 
-def _count_uploads(registry: Registry) -> int:
+def _registry_gauges(registry: Registry) -> list[Any]:
     with registry.ctx.db.reader.connect() as conn:
-        return int(conn.execute(select(func.count()).select_from(uploads)).scalar() or 0)
+        in_progress = int(conn.execute(select(func.count()).select_from(uploads)).scalar() or 0)
+        return metrics.registry_gauges(in_progress, usage(conn))
 
 
 def _write_access_log(

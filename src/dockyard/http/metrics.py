@@ -89,8 +89,8 @@ def _snapshots() -> Iterator[dict[str, Any]]:
 
 
 class _Collector:
-    def __init__(self, count_uploads: Callable[[], int]) -> None:
-        self._count_uploads = count_uploads
+    def __init__(self, gauges: Callable[[], list[GaugeMetricFamily]]) -> None:
+        self._gauges = gauges
 
     def collect(self) -> Iterator[Any]:
         requests: dict[tuple[str, str, str], float] = {}
@@ -141,14 +141,34 @@ class _Collector:
                 counter.add_metric([route], value)
             yield counter
 
-        yield GaugeMetricFamily(
-            "dockyard_uploads_in_progress",
-            "Blob upload sessions started and not yet finished or cancelled",
-            value=self._count_uploads(),
-        )
+        yield from self._gauges()
 
 
-def render(count_uploads: Callable[[], int]) -> tuple[bytes, str]:
+def registry_gauges(uploads_in_progress: int, usage: Any) -> list[GaugeMetricFamily]:
+    """Gauges read from the metadata at scrape time: exact across processes and restarts."""
+    uploads = GaugeMetricFamily(
+        "dockyard_uploads_in_progress",
+        "Blob upload sessions started and not yet finished or cancelled",
+        value=uploads_in_progress,
+    )
+    storage = GaugeMetricFamily(
+        "dockyard_storage_bytes",
+        "Bytes of blobs and manifests: stored (each blob once) and logical (per repository)",
+        labels=["kind"],
+    )
+    storage.add_metric(["stored"], usage.stored_bytes)
+    storage.add_metric(["logical"], usage.logical_bytes)
+    namespaces = GaugeMetricFamily(
+        "dockyard_namespace_stored_bytes",
+        "Bytes of a namespace's distinct blobs and manifests (what its quota counts)",
+        labels=["namespace"],
+    )
+    for row in usage.namespaces:
+        namespaces.add_metric([row["namespace"]], row["stored_bytes"])
+    return [uploads, storage, namespaces]
+
+
+def render(gauges: Callable[[], list[GaugeMetricFamily]]) -> tuple[bytes, str]:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collector(count_uploads))
+    registry.register(_Collector(gauges))
     return generate_latest(registry), CONTENT_TYPE_LATEST

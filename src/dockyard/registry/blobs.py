@@ -11,6 +11,7 @@ from dockyard.db import repositories as repo_db
 from dockyard.oci.digest import parse_digest
 from dockyard.oci.errors import BlobUnknown
 from dockyard.registry.context import Context
+from dockyard.registry.lifecycle import enforce_quota
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +60,7 @@ class Blobs:
             if source_id is None or blob_db.linked_size(conn, source_id, digest) is None:
                 return False
             blob_db.link(conn, repo_db.ensure(conn, name), digest)
+            enforce_quota(conn, name)
             return True
 
         return await self.ctx.write(link)

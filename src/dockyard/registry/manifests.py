@@ -23,6 +23,7 @@ from dockyard.oci.errors import (
 from dockyard.oci.manifests import ParsedManifest, check_digest_matches, parse_manifest
 from dockyard.oci.names import validate_tag
 from dockyard.registry.context import Context
+from dockyard.registry.lifecycle import enforce_quota, refuse_if_immutable
 from dockyard.registry.repositories import require_id
 
 
@@ -80,7 +81,11 @@ class Manifests:
                 manifest_digests=[d.digest for d in parsed.manifests],
             )
             for tag in tags:
+                current = manifest_db.by_tag(conn, repository_id, tag)
+                if current is not None and current.id != manifest_id:
+                    refuse_if_immutable(conn, name, tag, "moving it to another manifest")
                 tag_db.set_tag(conn, repository_id, tag, manifest_id)
+            enforce_quota(conn, name)
 
         await self.ctx.write(store)
         return PushedManifest(
@@ -142,10 +147,14 @@ class Manifests:
         def remove(conn: Connection) -> bool:
             repository_id = require_id(conn, name)
             if not is_digest(reference):
+                if manifest_db.by_tag(conn, repository_id, reference) is not None:
+                    refuse_if_immutable(conn, name, reference, "deleting it")
                 return tag_db.remove(conn, repository_id, reference)
             stored = manifest_db.by_digest(conn, repository_id, reference)
             if stored is None:
                 return False
+            for tag in manifest_db.tags_of(conn, stored.id):
+                refuse_if_immutable(conn, name, tag, "deleting its manifest")
             manifest_db.remove(conn, stored.id)
             return True
 

@@ -31,6 +31,7 @@ from dockyard.oci.errors import (
     SizeInvalid,
 )
 from dockyard.registry.context import Context
+from dockyard.registry.lifecycle import enforce_quota
 from dockyard.storage.base import UploadBusy, UploadWriter
 
 _MAX_RUNNING_HASHES = 4096
@@ -64,6 +65,7 @@ class Uploads:
 
         def create(conn: Connection) -> None:
             upload_db.create(conn, upload_id, repo_db.ensure(conn, name), hash_algorithm)
+            enforce_quota(conn, name)
 
         try:
             await self.ctx.write(create)
@@ -218,6 +220,7 @@ class Uploads:
                 blob_db.record(conn, digest, size)
                 blob_db.link(conn, row.repository_id, digest)
                 upload_db.remove(conn, upload_id)
+                enforce_quota(conn, name)
 
             # publish and record under the blob's lock: the garbage collector takes it too
             lock = await self.ctx.run(lambda: self.ctx.store.lock_blob(digest))

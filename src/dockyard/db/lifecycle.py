@@ -1,0 +1,169 @@
+"""Queries on storage usage, quotas and tag immutability rules."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    delete,
+    func,
+    insert,
+    literal,
+    select,
+)
+
+from dockyard.db.dialect import upsert
+from dockyard.db.schema import (
+    blobs,
+    immutability_rules,
+    manifests,
+    quotas,
+    repositories,
+    repository_blobs,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    namespace: str
+    max_bytes: int | None
+    max_repositories: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    id: int
+    repository_pattern: str
+    tag_pattern: str
+
+
+def _in_namespace(namespace: str) -> ColumnElement[bool]:
+    if namespace == "":
+        return repositories.c.name.not_like("%/%")
+    return repositories.c.name.like(f"{_escape(namespace)}/%", escape="\\")
+
+
+def _escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def namespace_bytes(conn: Connection, namespace: str) -> int:
+    """Bytes of the distinct blobs and manifests of a namespace's repositories (a blob
+    shared by two of its repositories counts once)."""
+    blob_digests = (
+        select(repository_blobs.c.digest)
+        .join(repositories, repositories.c.id == repository_blobs.c.repository_id)
+        .where(_in_namespace(namespace))
+    )
+    blob_bytes = conn.execute(
+        select(func.coalesce(func.sum(blobs.c.size), 0)).where(blobs.c.digest.in_(blob_digests))
+    ).scalar()
+    manifest_bytes = conn.execute(
+        select(func.coalesce(func.sum(manifests.c.size), 0))
+        .join(repositories, repositories.c.id == manifests.c.repository_id)
+        .where(_in_namespace(namespace))
+    ).scalar()
+    return int(blob_bytes or 0) + int(manifest_bytes or 0)
+
+
+def namespace_repository_count(conn: Connection, namespace: str) -> int:
+    return int(
+        conn.execute(
+            select(func.count()).select_from(repositories).where(_in_namespace(namespace))
+        ).scalar()
+        or 0
+    )
+
+
+def repository_usage(conn: Connection) -> list[tuple[str, int, int]]:
+    """(repository, blob bytes, manifest bytes) for every repository."""
+    blob_bytes = dict(
+        conn.execute(
+            select(repositories.c.name, func.sum(blobs.c.size))
+            .join(repository_blobs, repository_blobs.c.repository_id == repositories.c.id)
+            .join(blobs, blobs.c.digest == repository_blobs.c.digest)
+            .group_by(repositories.c.name)
+        ).all()
+    )
+    manifest_bytes = dict(
+        conn.execute(
+            select(repositories.c.name, func.sum(manifests.c.size))
+            .join(manifests, manifests.c.repository_id == repositories.c.id)
+            .group_by(repositories.c.name)
+        ).all()
+    )
+    names = sorted(set(blob_bytes) | set(manifest_bytes))
+    return [(n, int(blob_bytes.get(n) or 0), int(manifest_bytes.get(n) or 0)) for n in names]
+
+
+def stored_bytes(conn: Connection) -> tuple[int, int]:
+    """(distinct blob bytes, manifest bytes) of the whole registry: what is on disk."""
+    blob_total = conn.execute(select(func.coalesce(func.sum(blobs.c.size), literal(0)))).scalar()
+    manifest_total = conn.execute(
+        select(func.coalesce(func.sum(manifests.c.size), literal(0)))
+    ).scalar()
+    return int(blob_total or 0), int(manifest_total or 0)
+
+
+def get_quota(conn: Connection, namespace: str) -> Quota | None:
+    row = conn.execute(
+        select(quotas.c.namespace, quotas.c.max_bytes, quotas.c.max_repositories).where(
+            quotas.c.namespace == namespace
+        )
+    ).first()
+    return Quota(row[0], row[1], row[2]) if row else None
+
+
+def list_quotas(conn: Connection) -> list[Quota]:
+    rows = conn.execute(
+        select(quotas.c.namespace, quotas.c.max_bytes, quotas.c.max_repositories).order_by(
+            quotas.c.namespace
+        )
+    )
+    return [Quota(r[0], r[1], r[2]) for r in rows]
+
+
+def set_quota(
+    conn: Connection, namespace: str, max_bytes: int | None, max_repositories: int | None
+) -> None:
+    if max_bytes is None and max_repositories is None:
+        conn.execute(delete(quotas).where(quotas.c.namespace == namespace))
+        return
+    upsert(
+        conn,
+        quotas,
+        {"namespace": namespace, "max_bytes": max_bytes, "max_repositories": max_repositories},
+        ["namespace"],
+        ["max_bytes", "max_repositories"],
+    )
+
+
+def list_rules(conn: Connection) -> list[Rule]:
+    rows = conn.execute(
+        select(
+            immutability_rules.c.id,
+            immutability_rules.c.repository_pattern,
+            immutability_rules.c.tag_pattern,
+        ).order_by(immutability_rules.c.id)
+    )
+    return [Rule(r[0], r[1], r[2]) for r in rows]
+
+
+def add_rule(conn: Connection, repository_pattern: str, tag_pattern: str) -> int:
+    result = conn.execute(
+        insert(immutability_rules).values(
+            repository_pattern=repository_pattern,
+            tag_pattern=tag_pattern,
+            created_at=time.time(),
+        )
+    )
+    assert result.inserted_primary_key is not None
+    return int(result.inserted_primary_key[0])
+
+
+def remove_rule(conn: Connection, rule_id: int) -> bool:
+    result = conn.execute(delete(immutability_rules).where(immutability_rules.c.id == rule_id))
+    return result.rowcount > 0
