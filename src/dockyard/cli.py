@@ -131,7 +131,8 @@ def gc(
 @click.option("--database-url")
 @click.option("--once", is_flag=True, help="run each job once and exit")
 def worker(config: Path | None, once: bool, **flags: Any) -> None:
-    """Background jobs: garbage collection every gc_interval_seconds, stale upload purge."""
+    """Background jobs: stale upload purge, retention every retention_interval_seconds,
+    garbage collection every gc_interval_seconds (retention first: what it untags, GC frees)."""
     import asyncio
 
     from dockyard.server import prepare

@@ -10,6 +10,7 @@ from sqlalchemy import Connection
 
 from dockyard.cli_identity import _echo_json, _read, _write, config_option, data_dir_option
 from dockyard.db import lifecycle as life_db
+from dockyard.registry.retention import PolicyInvalid, check_rules
 from dockyard.registry.usage import usage
 
 
@@ -102,7 +103,96 @@ def usage_command(config: Path | None, data_dir: Path | None) -> None:
     _echo_json(_read(config, data_dir, lambda conn: usage(conn).to_json()))
 
 
+@click.group()
+def retention() -> None:
+    """Retention policies: which tags to keep; the others are deleted when policies run."""
+
+
+@retention.command("add")
+@click.argument("repository_pattern")
+@click.option("--keep-last-pushed", type=int, help="keep the N most recently pushed tags")
+@click.option("--keep-last-pulled", type=int, help="keep the N most recently pulled tags")
+@click.option("--keep-pushed-within-days", type=float, help="keep tags pushed within N days")
+@click.option("--keep-pulled-within-days", type=float, help="keep tags pulled within N days")
+@click.option("--include", multiple=True, help="tag patterns the policy applies to [*]")
+@click.option("--exclude", multiple=True, help="tag patterns it never touches")
+@click.option("--untagged", is_flag=True, help="also delete manifests nothing keeps")
+@config_option
+@data_dir_option
+def retention_add(
+    repository_pattern: str,
+    keep_last_pushed: int | None,
+    keep_last_pulled: int | None,
+    keep_pushed_within_days: float | None,
+    keep_pulled_within_days: float | None,
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+    untagged: bool,
+    config: Path | None,
+    data_dir: Path | None,
+) -> None:
+    """Add a policy for the repositories matching REPOSITORY_PATTERN (a shell glob)."""
+    raw = {
+        "keep_last_pushed": keep_last_pushed,
+        "keep_last_pulled": keep_last_pulled,
+        "keep_pushed_within_days": keep_pushed_within_days,
+        "keep_pulled_within_days": keep_pulled_within_days,
+        "include": list(include) or ["*"],
+        "exclude": list(exclude),
+        "untagged": untagged,
+    }
+    try:
+        rules = check_rules({k: v for k, v in raw.items() if v is not None})
+    except PolicyInvalid as exc:
+        raise click.BadParameter(str(exc)) from None
+    policy_id = _write(
+        config, data_dir, lambda conn: life_db.add_policy(conn, repository_pattern, rules)
+    )
+    click.echo(f"policy {policy_id} for {repository_pattern}")
+
+
+@retention.command("list")
+@config_option
+@data_dir_option
+def retention_list(config: Path | None, data_dir: Path | None) -> None:
+    """List the policies."""
+    policies = _read(config, data_dir, life_db.list_policies)
+    _echo_json([{"id": p.id, "repository": p.repository_pattern, **p.rules} for p in policies])
+
+
+@retention.command("remove")
+@click.argument("policy_id", type=int)
+@config_option
+@data_dir_option
+def retention_remove(policy_id: int, config: Path | None, data_dir: Path | None) -> None:
+    """Remove a policy by its id."""
+    if not _write(config, data_dir, lambda conn: life_db.remove_policy(conn, policy_id)):
+        raise click.ClickException(f"no policy {policy_id}")
+    click.echo(f"removed policy {policy_id}")
+
+
+@retention.command("run")
+@click.option("--dry-run", is_flag=True, help="list what would be deleted; change nothing")
+@config_option
+@data_dir_option
+def retention_run(dry_run: bool, config: Path | None, data_dir: Path | None) -> None:
+    """Apply every policy now and print what went (or would go)."""
+    import asyncio
+
+    from dockyard.config import load_settings
+    from dockyard.registry.service import Registry
+    from dockyard.server import prepare
+
+    settings = load_settings(config, data_dir=data_dir)
+    prepare(settings.model_copy(update={"auth": False}))
+    registry = Registry.from_settings(settings)
+    try:
+        report = asyncio.run(registry.retention.run(dry_run=dry_run))
+    finally:
+        registry.close()
+    _echo_json(report.to_json())
+
+
 def register(main: click.Group) -> None:
-    main.add_command(quota)
-    main.add_command(immutable)
-    main.add_command(usage_command)
+    for command in (quota, immutable, retention, usage_command):
+        main.add_command(command)

@@ -23,6 +23,7 @@ async def run_worker(settings: Settings, once: bool = False) -> None:
     )
     next_gc = 0.0
     next_purge = 0.0
+    next_retention = 0.0
     try:
         while True:
             now = time.monotonic()
@@ -30,13 +31,21 @@ async def run_worker(settings: Settings, once: bool = False) -> None:
                 purged = await registry.uploads.purge_stale(settings.upload_purge_after_seconds)
                 log.info(json.dumps({"job": "purge-uploads", "purged": purged}))
                 next_purge = now + min(3600.0, settings.upload_purge_after_seconds / 4)
+            if (settings.retention_interval_seconds or once) and now >= next_retention:
+                retained = await registry.retention.run()
+                log.info(json.dumps({"job": "retention", **retained.to_json()}))
+                next_retention = now + max(1, settings.retention_interval_seconds)
             if (settings.gc_interval_seconds or once) and now >= next_gc:
                 report = await collector.collect()
                 log.info(json.dumps({"job": "gc", **report.to_json()}))
                 next_gc = now + max(1, settings.gc_interval_seconds)
             if once:
                 return
-            wake = min(next_gc, next_purge) if settings.gc_interval_seconds else next_purge
+            wake = next_purge
+            if settings.gc_interval_seconds:
+                wake = min(wake, next_gc)
+            if settings.retention_interval_seconds:
+                wake = min(wake, next_retention)
             await asyncio.sleep(max(0.5, wake - time.monotonic()))
     finally:
         registry.close()

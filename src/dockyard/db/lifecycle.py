@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
@@ -12,7 +14,9 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    or_,
     select,
+    update,
 )
 
 from dockyard.db.dialect import upsert
@@ -23,6 +27,8 @@ from dockyard.db.schema import (
     quotas,
     repositories,
     repository_blobs,
+    retention_policies,
+    tags,
 )
 
 
@@ -166,4 +172,75 @@ def add_rule(conn: Connection, repository_pattern: str, tag_pattern: str) -> int
 
 def remove_rule(conn: Connection, rule_id: int) -> bool:
     result = conn.execute(delete(immutability_rules).where(immutability_rules.c.id == rule_id))
+    return result.rowcount > 0
+
+
+@dataclass(frozen=True, slots=True)
+class TagRow:
+    name: str
+    manifest_id: int
+    pushed_at: float
+    pulled_at: float | None
+
+
+def record_pulls(conn: Connection, pulls: dict[tuple[str, str], float]) -> None:
+    """Set ``pulled_at`` of (repository, tag) pairs (later times only)."""
+    for (repository, tag), when in pulls.items():
+        repository_id = select(repositories.c.id).where(repositories.c.name == repository)
+        conn.execute(
+            update(tags)
+            .where(
+                tags.c.repository_id == repository_id.scalar_subquery(),
+                tags.c.name == tag,
+                or_(tags.c.pulled_at.is_(None), tags.c.pulled_at < when),
+            )
+            .values(pulled_at=when)
+        )
+
+
+def tags_of_repository(conn: Connection, repository: str) -> list[TagRow]:
+    rows = conn.execute(
+        select(tags.c.name, tags.c.manifest_id, tags.c.updated_at, tags.c.pulled_at)
+        .join(repositories, repositories.c.id == tags.c.repository_id)
+        .where(repositories.c.name == repository)
+    )
+    return [TagRow(r[0], r[1], r[2], r[3]) for r in rows]
+
+
+def repository_names(conn: Connection) -> list[str]:
+    return list(conn.execute(select(repositories.c.name).order_by(repositories.c.name)).scalars())
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyRow:
+    id: int
+    repository_pattern: str
+    rules: dict[str, Any]
+
+
+def list_policies(conn: Connection) -> list[PolicyRow]:
+    rows = conn.execute(
+        select(
+            retention_policies.c.id,
+            retention_policies.c.repository_pattern,
+            retention_policies.c.rules,
+        ).order_by(retention_policies.c.id)
+    )
+    return [PolicyRow(r[0], r[1], json.loads(r[2])) for r in rows]
+
+
+def add_policy(conn: Connection, repository_pattern: str, rules: dict[str, Any]) -> int:
+    result = conn.execute(
+        insert(retention_policies).values(
+            repository_pattern=repository_pattern,
+            rules=json.dumps(rules),
+            created_at=time.time(),
+        )
+    )
+    assert result.inserted_primary_key is not None
+    return int(result.inserted_primary_key[0])
+
+
+def remove_policy(conn: Connection, policy_id: int) -> bool:
+    result = conn.execute(delete(retention_policies).where(retention_policies.c.id == policy_id))
     return result.rowcount > 0

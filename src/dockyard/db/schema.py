@@ -102,6 +102,7 @@ tags = Table(
         nullable=False,
     ),
     Column("updated_at", Float, nullable=False),
+    Column("pulled_at", Float, nullable=True),  # migration 0004
     Index("ix_tags_manifest", "manifest_id"),
 )
 
@@ -212,4 +213,15 @@ immutability_rules = Table(
     Column("tag_pattern", String(128), nullable=False),
     Column("created_at", Float, nullable=False),
     UniqueConstraint("repository_pattern", "tag_pattern", name="uq_immutability_rule"),
+)
+
+# Retention (migration 0004)
+
+retention_policies = Table(
+    "retention_policies",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("repository_pattern", String(255), nullable=False),
+    Column("rules", Text, nullable=False),  # JSON, see registry/retention.py
+    Column("created_at", Float, nullable=False),
 )

@@ -112,6 +112,7 @@ class Response:
     file_range: tuple[int, int] | None = None  # [start, end) of ``file``
     content_length: int | None = None  # for HEAD: the length a GET would send
     cacheable: bool = False  # the same request gets the same answer until the data changes
+    pulled: tuple[str, str] | None = None  # (repository, tag) a GET of this pulled
 
 
 def json_response(

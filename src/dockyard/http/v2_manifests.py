@@ -6,6 +6,7 @@ from urllib.parse import urlencode
 
 from dockyard.http.messages import Request, Response, json_response
 from dockyard.oci import mediatypes as mt
+from dockyard.oci.digest import is_digest
 from dockyard.oci.errors import ManifestTooLarge
 from dockyard.oci.names import validate_name
 from dockyard.registry.listings import Page, parse_page_size
@@ -27,8 +28,14 @@ class ManifestEndpoints:
         ]
         if etag in (request.header("if-none-match") or ""):
             return Response(304, headers)
+        pulled = None if is_digest(reference) else (name, reference)
         return Response(
-            200, headers, manifest.content, content_length=len(manifest.content), cacheable=True
+            200,
+            headers,
+            manifest.content,
+            content_length=len(manifest.content),
+            cacheable=True,
+            pulled=pulled,
         )
 
     async def put(self, request: Request, name: str, reference: str) -> Response:

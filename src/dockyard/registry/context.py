@@ -66,17 +66,21 @@ class Context:
         with self.db.reader.connect() as conn:
             return fn(conn)
 
-    async def write(self, fn: Callable[[Connection], T]) -> T:
-        """Run ``fn`` in one write transaction, from a thread (writers may queue)."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, self._write_sync, fn)
+    async def write(self, fn: Callable[[Connection], T], announce: bool = True) -> T:
+        """Run ``fn`` in one write transaction, from a thread (writers may queue).
 
-    def _write_sync(self, fn: Callable[[Connection], T]) -> T:
+        ``announce=False`` is for writes no cached read depends on (pull times): other
+        processes then keep their caches."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, self._write_sync, fn, announce)
+
+    def _write_sync(self, fn: Callable[[Connection], T], announce: bool = True) -> T:
         try:
             with self.db.writer.begin() as conn:
                 return fn(conn)
         finally:
-            self.changes.bump()  # after the commit (or rollback: a harmless extra bump)
+            if announce:
+                self.changes.bump()  # after the commit (or rollback: a harmless extra bump)
 
     async def run(self, fn: Callable[[], T]) -> T:
         """Run blocking I/O (fsync, rename, re-hashing) off the event loop."""

@@ -9,6 +9,7 @@ from dockyard.registry.context import Context, Limits
 from dockyard.registry.listings import Listings
 from dockyard.registry.manifests import Manifests
 from dockyard.registry.referrers import Referrers
+from dockyard.registry.retention import PullRecorder, Retention
 from dockyard.registry.uploads import Uploads
 from dockyard.storage.filesystem import FilesystemBlobStore
 
@@ -21,6 +22,8 @@ class Registry:
         self.manifests = Manifests(ctx)
         self.listings = Listings(ctx)
         self.referrers = Referrers(ctx)
+        self.pulls = PullRecorder(ctx)
+        self.retention = Retention(ctx)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Registry:
