@@ -6,19 +6,24 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
 
+if TYPE_CHECKING:
+    from dockyard.auth.external import TrustStore
+
 
 class Settings(BaseSettings):
-    """Every key is documented in docs/configuration.md."""
+    """Every key is documented in docs/configuration.md; the external token issuer's
+    (``token_issuer_mode`` and ``trusted_*``) in docs/external-auth.md."""
 
     model_config = SettingsConfigDict(env_prefix="DOCKYARD_", extra="forbid", validate_default=True)
 
@@ -49,6 +54,24 @@ class Settings(BaseSettings):
         None, description="absolute URL of the token endpoint; default: from the request"
     )
     keys_dir: Path | None = Field(None, description="token signing keys; default <data_dir>/keys")
+    # trusting an external token issuer instead (docs/external-auth.md)
+    token_issuer_mode: Literal["internal", "external"] = Field(
+        "internal",
+        description="internal: Dockyard issues tokens; external: it trusts another token server",
+    )
+    trusted_keys: list[Path] = Field(
+        default_factory=list,
+        description="external mode: PEM files with the issuer's public keys or certificates",
+    )
+    trusted_jwks: Path | None = Field(
+        None, description="external mode: a JWKS file with the issuer's public keys"
+    )
+    trusted_root_certificates: Path | None = Field(
+        None, description="external mode: PEM root certificates that x5c chains must reach"
+    )
+    trusted_algorithms: list[str] | None = Field(
+        None, description="external mode: accepted JWS algorithms; default every asymmetric one"
+    )
     anonymous_pull: bool = Field(True, description="anonymous users may pull public repositories")
     anonymous_push: bool = Field(False, description="anyone may push (closed networks only)")
     rate_limit_per_second: float = Field(
@@ -68,12 +91,72 @@ class Settings(BaseSettings):
     gc_delete_untagged: bool = Field(
         False, description="collect manifests no tag, index or subject keeps"
     )
+    retention_interval_seconds: int = Field(
+        0, ge=0, description="apply retention policies this often in `dockyard worker`; 0: never"
+    )
 
     @field_validator("listen")
     @classmethod
     def _check_listen(cls, value: str) -> str:
         parse_listen(value)
         return value
+
+    @field_validator("trusted_keys")
+    @classmethod
+    def _absolute_paths(cls, value: list[Path]) -> list[Path]:
+        return [path.expanduser().absolute() for path in value]
+
+    @field_validator("trusted_jwks", "trusted_root_certificates")
+    @classmethod
+    def _absolute_path(cls, value: Path | None) -> Path | None:
+        return value.expanduser().absolute() if value is not None else None
+
+    @model_validator(mode="after")
+    def _check_token_issuer(self) -> Settings:
+        trust = [self.trusted_keys, self.trusted_jwks, self.trusted_root_certificates]
+        if self.token_issuer_mode == "internal":
+            if any(trust) or self.trusted_algorithms is not None:
+                raise ValueError(
+                    "trusted_keys, trusted_jwks, trusted_root_certificates and "
+                    "trusted_algorithms apply only with token_issuer_mode: external"
+                )
+            return self
+        if not self.auth:
+            raise ValueError("token_issuer_mode: external needs auth turned on (--auth)")
+        realm = urlsplit(self.token_realm or "")
+        if realm.scheme not in ("http", "https") or not realm.netloc:
+            raise ValueError(
+                "token_issuer_mode: external needs token_realm, the absolute URL of the "
+                "external token server's endpoint (https://auth.example.com/token)"
+            )
+        # fail now, with the reason, rather than in every worker
+        from dockyard.auth.external import TrustError
+        from dockyard.auth.tokens import EXTERNAL_ALGORITHMS
+
+        unknown = set(self.trusted_algorithms or ()) - EXTERNAL_ALGORITHMS
+        if unknown or self.trusted_algorithms == []:
+            raise ValueError(
+                f"trusted_algorithms: {', '.join(sorted(unknown)) or 'empty'}; choose from "
+                f"{', '.join(sorted(EXTERNAL_ALGORITHMS))} (never none or HMAC)"
+            )
+        try:
+            self.trust_store()
+        except TrustError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    def trust_store(self) -> TrustStore:
+        """External mode: the :class:`dockyard.auth.external.TrustStore` these settings
+        describe (the files are read, and re-read when they change)."""
+        from dockyard.auth.external import TrustStore
+        from dockyard.auth.tokens import EXTERNAL_ALGORITHMS
+
+        return TrustStore(
+            keys=self.trusted_keys,
+            jwks=self.trusted_jwks,
+            roots=self.trusted_root_certificates,
+            algorithms=self.trusted_algorithms or EXTERNAL_ALGORITHMS,
+        )
 
     @property
     def resolved_keys_dir(self) -> Path:

@@ -54,10 +54,22 @@ class Caller:
 
 
 class AuthService:
-    def __init__(self, ctx: Context, settings: AuthSettings, keys_dir: Path) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        settings: AuthSettings,
+        keys_dir: Path,
+        verifier: tokens.HeaderKeys | None = None,
+        policy: tokens.Policy = tokens.INTERNAL,
+    ) -> None:
+        """``keys_dir`` holds the keys that sign (and verify) our own tokens; ``verifier``
+        and ``policy`` replace them for verifying when tokens come from elsewhere."""
         self.ctx = ctx
         self.settings = settings
         self.keys = KeyRing(keys_dir)
+        self.verifier: tokens.HeaderKeys = verifier if verifier is not None else self.keys
+        self.policy = policy
+        self._key_generation: int | None = None
         self.brake = LoginBrake()
         self.limits = Buckets(settings.requests_per_second, settings.burst)
         self._verified: dict[str, tokens.AccessToken] = {}
@@ -79,12 +91,20 @@ class AuthService:
         raise Unauthorized("unsupported authorization scheme")
 
     def verify(self, token: str) -> tokens.AccessToken:
+        generation = self.verifier.generation()
+        if generation != self._key_generation:  # a key went (or came): verify afresh
+            self._verified.clear()
+            self._key_generation = generation
         grant = self._verified.get(token)
         if grant is not None and grant.expires_at > time.time():
             return grant
         try:
             grant = tokens.verify(
-                token, self.keys, issuer=self.settings.issuer, audience=self.settings.service
+                token,
+                self.verifier,
+                issuer=self.settings.issuer,
+                audience=self.settings.service,
+                policy=self.policy,
             )
         except tokens.InvalidToken as exc:
             raise Unauthorized("invalid token", detail={"reason": str(exc)[:200]}) from None

@@ -162,7 +162,8 @@ class App:
             await asyncio.sleep(min(3600.0, max_age / 4))
 
     async def flush_metrics(self) -> None:
-        """Once a second: share this process's metric totals with the others, and stop if
+        """Once a second: share this process's metric totals with the others, write the
+        pull times gathered since the last second, and stop if
         the serving process that started this worker is gone (killed with -9, say), so no
         orphan keeps answering on the port."""
         parent = os.getppid()
@@ -172,6 +173,11 @@ class App:
                 metrics.flush()
             except OSError:
                 log.exception("writing metrics failed")
+            try:
+                if self.registry is not None:
+                    await self.registry.pulls.flush()
+            except Exception:
+                log.exception("recording pull times failed")
             if os.getppid() != parent:
                 log.warning("the dockyard server process is gone; this worker stops")
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -308,8 +314,9 @@ class App:
             return Response(200, [("Content-Type", content_type)], body)
         return error_response_for_unknown(request)
 
-    @staticmethod
-    def send(proto: Any, method: str, response: Response) -> int:
+    def send(self, proto: Any, method: str, response: Response) -> int:
+        if response.pulled is not None and method == "GET" and self.registry is not None:
+            self.registry.pulls.note(*response.pulled)
         headers = [API_VERSION_HEADER, *response.headers]
         if method == "HEAD":
             if response.content_length is not None:
