@@ -57,7 +57,7 @@ def prepare(settings: Settings) -> None:
     database = Database(settings.resolved_database_url)
     try:
         database.upgrade()
-        if settings.auth:
+        if settings.auth and settings.token_issuer_mode == "internal":
             with database.writer.begin() as conn:
                 password = ensure_first_admin(conn)
             if password is not None:
