@@ -66,10 +66,8 @@ def build_router(registry: Registry) -> Router:
     manifests = ManifestEndpoints(registry)
     listings = ListingEndpoints(registry)
     router = Router()
-    router.add("base", r"/v2/?", GET=listings.base)
-    router.add("catalog", r"/v2/_catalog", GET=listings.catalog)
-    router.add("discover", r"/v2/_oci/ext/discover", GET=listings.discover)
-    router.add("tags", rf"/v2/{_NAME}/tags/list", GET=listings.tags)
+    # the most frequent first; "uploads" before "blob", which would also match
+    # /v2/<name>/blobs/uploads
     router.add(
         "manifest",
         rf"/v2/{_NAME}/manifests/(?P<reference>{_DIGEST})",
@@ -92,11 +90,15 @@ def build_router(registry: Registry) -> Router:
         GET=blobs.get,
         DELETE=blobs.delete,
     )
+    router.add("tags", rf"/v2/{_NAME}/tags/list", GET=listings.tags)
     router.add(
         "referrers",
         rf"/v2/{_NAME}/referrers/(?P<digest>{_DIGEST})",
         GET=listings.referrers,
     )
+    router.add("base", r"/v2/?", GET=listings.base)
+    router.add("catalog", r"/v2/_catalog", GET=listings.catalog)
+    router.add("discover", r"/v2/_oci/ext/discover", GET=listings.discover)
     return router
 
 
