@@ -82,6 +82,11 @@ class Settings(BaseSettings):
     log_level: str = "info"
     access_log: bool = True
     upload_purge_after_seconds: int = Field(7 * 24 * 3600, ge=60)
+    fsync_blobs: bool = Field(
+        True,
+        description="fsync a blob before it becomes visible (power-loss safety; kill -9 is "
+        "safe either way)",
+    )
     gc_interval_seconds: int = Field(
         0, ge=0, description="run garbage collection this often in `dockyard worker`; 0: never"
     )

@@ -298,3 +298,35 @@ def test_stale_uploads_are_purged(registry: Registry) -> None:
         assert (await registry.uploads.status("a", fresh.id)).size == 0
 
     run(scenario())
+
+
+def test_chunks_alternating_between_processes_hash_only_new_bytes(
+    registry: Registry, other_process: Registry
+) -> None:
+    async def scenario() -> None:
+        chunks = [bytes([i]) * 1000 for i in range(6)]
+        status = await registry.uploads.start("a")
+        read: list[int] = []  # bytes each process reads back from storage to catch up
+        for side in (registry, other_process):
+            real = side.ctx.store.read_upload
+
+            def counting(upload_id: str, start: int = 0, real=real):  # type: ignore[no-untyped-def]
+                for chunk in real(upload_id, start):
+                    read.append(len(chunk))
+                    yield chunk
+
+            side.ctx.store.read_upload = counting  # type: ignore[method-assign]
+        offset = 0
+        for i, chunk in enumerate(chunks):
+            side = registry if i % 2 == 0 else other_process
+            await side.uploads.append("a", status.id, body(chunk), offset, len(chunk))
+            offset += len(chunk)
+        # each process caught up from where it last was, never from byte 0: every byte was
+        # read back at most once (by the process that had not received it)
+        assert sum(read) <= 5000
+        assert registry.uploads._hashes[status.id].offset == 5000  # chunk 4 was its last
+        whole = b"".join(chunks)
+        await other_process.uploads.finish("a", status.id, digest_of(whole))
+        assert (await registry.blobs.stat("a", digest_of(whole))).size == len(whole)
+
+    run(scenario())

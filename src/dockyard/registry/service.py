@@ -28,7 +28,7 @@ class Registry:
     @classmethod
     def from_settings(cls, settings: Settings) -> Registry:
         db = Database(settings.resolved_database_url)
-        store = FilesystemBlobStore(settings.data_dir.resolve())
+        store = FilesystemBlobStore(settings.data_dir.resolve(), fsync=settings.fsync_blobs)
         limits = Limits(max_manifest_bytes=settings.max_manifest_bytes)
         return cls(Context(db=db, store=store, limits=limits))
 

@@ -116,16 +116,26 @@ class Uploads:
             raise BlobUploadUnknown(detail={"upload": upload_id}) from None
 
     async def _running_hash(self, upload_id: str, algorithm: str, offset: int) -> _RunningHash:
-        """The hash of the upload's first ``offset`` bytes, re-hashed from storage if needed."""
+        """The hash of the upload's first ``offset`` bytes, brought up to date from storage.
+
+        Called with the upload's write lock held. Bytes below any offset this process has
+        hashed never change while the upload is at least that long (uploads only grow; a
+        failed chunk is cut back to where it started), so a state left behind by an earlier
+        chunk only needs the bytes other processes added since: chunks alternating between
+        workers cost linear, not quadratic, hashing.
+        """
         state = self._hashes.get(upload_id)
         if state is not None and state.algorithm == algorithm and state.offset == offset:
             self._hashes.move_to_end(upload_id)
             return state
+        if state is None or state.algorithm != algorithm or state.offset > offset:
+            state = _RunningHash(algorithm, 0, hashlib.new(algorithm))
+        start = state.offset
+        hasher = state.hasher.copy()
 
-        def rehash() -> _RunningHash:
-            hasher = hashlib.new(algorithm)
-            seen = 0
-            for chunk in self.ctx.store.read_upload(upload_id):
+        def catch_up() -> _RunningHash:
+            seen = start
+            for chunk in self.ctx.store.read_upload(upload_id, start):
                 take = chunk[: offset - seen]
                 hasher.update(take)
                 seen += len(take)
@@ -133,8 +143,9 @@ class Uploads:
                     break
             return _RunningHash(algorithm, seen, hasher)
 
-        state = await self.ctx.run(rehash)
+        state = await self.ctx.run(catch_up)
         self._hashes[upload_id] = state
+        self._hashes.move_to_end(upload_id)
         while len(self._hashes) > _MAX_RUNNING_HASHES:
             self._hashes.popitem(last=False)
         return state

@@ -88,8 +88,9 @@ class FileLock:
 
 
 class FilesystemBlobStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, fsync: bool = True) -> None:
         self.root = root
+        self.fsync = fsync
         self._blobs = root / "blobs"
         self._uploads = root / "uploads"
         self._locks = root / "locks"
@@ -177,18 +178,20 @@ class FilesystemBlobStore:
         source = self._upload_file(upload_id)
         target = self._blob_file(digest)
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(source, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        if self.fsync:  # on disk before visible: survives power loss, not only kill -9
+            fd = os.open(source, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         # Same content under the same name: replacing an existing blob is harmless.
         os.replace(source, target)
-        dir_fd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        if self.fsync:
+            dir_fd = os.open(target.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
 
     def delete_upload(self, upload_id: str) -> None:
         with contextlib.suppress(FileNotFoundError):
