@@ -96,6 +96,7 @@ def start_dockyard(
     port: int | None = None,
     env: dict[str, str] | None = None,
     timeout: float = 30,
+    auth: bool = False,
 ) -> Server:
     port = port or free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -107,6 +108,7 @@ def start_dockyard(
         f"127.0.0.1:{port}",
         "--data-dir",
         str(data_dir),
+        *(["--auth"] if auth else []),
         *extra,
     ]
     with open(log_path, "ab") as log:

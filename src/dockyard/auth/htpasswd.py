@@ -10,7 +10,7 @@ from dockyard.db import identities as id_db
 
 def import_htpasswd(conn: Connection, text: str) -> list[str]:
     """Create a user for each ``name:$2y$...`` line; their bcrypt hash is kept as it is and
-    verified on login (and replaced by an argon2 hash then)."""
+    verified on login. Existing users are left alone; an organization's name is refused."""
     imported = []
     for number, line in enumerate(text.splitlines(), 1):
         line = line.strip()
@@ -22,6 +22,8 @@ def import_htpasswd(conn: Connection, text: str) -> list[str]:
         check_name(name, "user")
         if id_db.user_by_name(conn, name) is not None:
             continue
+        if id_db.org_by_name(conn, name) is not None:
+            raise ConflictError(f"line {number}: {name!r} is the name of an organization")
         id_db.create_user(conn, name, hashed, False)
         imported.append(name)
     return imported

@@ -189,6 +189,13 @@ def generate_key(directory: Path) -> Path:
     return path
 
 
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:  # removed between listing and looking
+        return -1.0
+
+
 class KeyRing:
     def __init__(self, directory: Path, reload_interval: float = 1.0) -> None:
         self.directory = directory
@@ -207,12 +214,17 @@ class KeyRing:
             generate_key(self.directory)
         paths = sorted(self.directory.glob("*.pem"))
         certificates = sorted(self.directory.glob("*.crt"))
-        stamp = tuple((p.name, p.stat().st_mtime) for p in [*paths, *certificates])
+        stamp = tuple((p.name, _mtime(p)) for p in [*paths, *certificates])
         if stamp == self._stamp and self._keys:
             return
         keys: dict[str, SigningKey] = {}
         for path in paths:
-            private = serialization.load_pem_private_key(path.read_bytes(), password=None)
+            try:
+                private = serialization.load_pem_private_key(path.read_bytes(), password=None)
+            except (OSError, ValueError, TypeError) as exc:
+                # one unreadable or half-written file must not stop the registry
+                log.warning("skipping key file %s: %s", path, exc)
+                continue
             public = private.public_key()
             kid = thumbprint(public)
             keys[kid] = SigningKey(
@@ -220,10 +232,13 @@ class KeyRing:
                 algorithm_for(private),
                 private,
                 public,
-                path.stat().st_mtime,
+                _mtime(path),
                 _certificate_chain(path.with_suffix(".crt"), public),
             )
-        self._keys = keys
+        if not keys and not self._keys:
+            raise RuntimeError(f"no usable signing key in {self.directory}")
+        if keys:
+            self._keys = keys
         self._stamp = stamp
         self._generation += 1
 

@@ -87,8 +87,11 @@ def require_user(conn: Connection, name: str) -> id_db.UserRow:
 
 
 def set_password(conn: Connection, name: str, password: str) -> None:
+    """Change the password and end the user's refresh tokens (what `docker login` keeps)."""
     user = require_user(conn, name)
     id_db.update_user(conn, user.id, password_hash=hash_password(check_password(password)))
+    for row in id_db.list_credentials(conn, "refresh", owner_user_id=user.id):
+        id_db.revoke_credential(conn, row.id)
 
 
 def update_user(

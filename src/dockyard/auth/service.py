@@ -70,7 +70,7 @@ class AuthService:
         self.verifier: tokens.HeaderKeys = verifier if verifier is not None else self.keys
         self.policy = policy
         self._key_generation: int | None = None
-        self.brake = LoginBrake()
+        self.brake = LoginBrake(ctx)
         self.limits = Buckets(settings.requests_per_second, settings.burst)
         self._verified: dict[str, tokens.AccessToken] = {}
         self._passwords: dict[str, tuple[int | None, Identity]] = {}
@@ -124,8 +124,11 @@ class AuthService:
 
     async def login(self, username: str, secret: str, client: str) -> Identity:
         """Check credentials, with a brake on repeated failures per name and per address."""
-        for key in (f"user:{username}", f"addr:{_address(client)}"):
-            wait = self.brake.wait(key)
+        # The brake first, even for credentials that passed before: otherwise a guess that
+        # happens to be right would be confirmed while the brake holds.
+        keys = (f"user:{username}", f"addr:{_address(client)}")
+        for key in keys:
+            wait = await self.brake.wait(key)
             if wait > 0:
                 raise TooManyRequests(
                     "too many failed logins; try again later",
@@ -135,15 +138,15 @@ class AuthService:
         cached = self._passwords.get(cache_key)
         generation = self.ctx.changes.token()
         if cached is not None and generation is not None and cached[0] == generation:
-            return cached[1]
+            return cached[1]  # these exact credentials passed, and nothing changed since
         try:
             identity = await self.ctx.run(lambda: self._authenticate(username, secret))
         except LoginFailed:
-            self.brake.failed(f"user:{username}")
-            self.brake.failed(f"addr:{_address(client)}")
+            for key in keys:
+                await self.brake.failed(key)
             await self.audit(username or "-", "login.failed", None, client)
             raise Unauthorized("invalid username or password") from None
-        self.brake.succeeded(f"user:{username}")
+        await self.brake.succeeded(keys[0])
         if len(self._passwords) > 10_000:
             self._passwords.clear()
         self._passwords[cache_key] = (generation, identity)
@@ -209,6 +212,8 @@ class AuthService:
                 raise self.challenge(realm, scope, "invalid_token", "token subject is gone")
             if needed <= await self.actions(identity, repository):
                 raise self.challenge(realm, scope, "insufficient_scope", "token lacks scope")
+            if identity.anonymous:  # logging in may help: challenge, as without a token
+                raise self.challenge(realm, scope)
             raise Denied(detail={"repository": repository, "actions": sorted(needed)})
         if needed <= await self.actions(caller.identity, repository):
             return
@@ -264,7 +269,8 @@ class AuthService:
         await self.ctx.write(
             lambda conn: id_db.record_audit(
                 conn, actor, action, resource, _address(client or ""), detail
-            )
+            ),
+            announce=False,  # no cached read depends on the audit log
         )
 
 

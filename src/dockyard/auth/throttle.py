@@ -1,10 +1,13 @@
-"""Rate limits: a token bucket per key (identity or client address), and a brake on
-repeated failed logins. Per process; a shared store comes with scale-out."""
+"""Rate limits: a token bucket per key (identity or client address), per process; and a
+brake on repeated failed logins, shared by all processes through the database."""
 
 from __future__ import annotations
 
 import time
 from collections import OrderedDict
+
+from dockyard.db import identities as id_db
+from dockyard.registry.context import Context
 
 
 class Buckets:
@@ -36,31 +39,32 @@ class Buckets:
 
 class LoginBrake:
     """After ``free`` failures within ``window`` seconds, a key must wait, doubling each
-    time (capped): brute force slows to a crawl, a typo costs nothing."""
+    time (capped): brute force slows to a crawl, a typo costs nothing. Failures are kept in
+    the database, so the brake holds across every server process."""
 
-    def __init__(self, free: int = 5, window: float = 300.0, cap: float = 300.0) -> None:
+    def __init__(
+        self, ctx: Context, free: int = 5, window: float = 300.0, cap: float = 300.0
+    ) -> None:
+        self.ctx = ctx
         self.free = free
         self.window = window
         self.cap = cap
-        self._failures: dict[str, list[float]] = {}
 
-    def wait(self, key: str) -> float:
-        now = time.monotonic()
-        recent = [t for t in self._failures.get(key, []) if now - t < self.window]
-        if recent:
-            self._failures[key] = recent
-        else:
-            self._failures.pop(key, None)
+    async def wait(self, key: str) -> float:
+        now = time.time()
+        since = now - self.window
+        recent = await self.ctx.read(lambda conn: id_db.recent_failures(conn, key, since))
         excess = len(recent) - self.free
         if excess < 0:
             return 0.0
         delay = min(self.cap, 2.0**excess)
         return max(0.0, recent[-1] + delay - now)
 
-    def failed(self, key: str) -> None:
-        self._failures.setdefault(key, []).append(time.monotonic())
-        if len(self._failures) > 100_000:
-            self._failures.clear()
+    async def failed(self, key: str) -> None:
+        now = time.time()
+        await self.ctx.write(
+            lambda conn: id_db.add_failure(conn, key, now, now - self.window), announce=False
+        )
 
-    def succeeded(self, key: str) -> None:
-        self._failures.pop(key, None)
+    async def succeeded(self, key: str) -> None:
+        await self.ctx.write(lambda conn: id_db.clear_failures(conn, key), announce=False)

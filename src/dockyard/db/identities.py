@@ -14,6 +14,7 @@ from dockyard.db.dialect import upsert
 from dockyard.db.schema import (
     audit_log,
     credentials,
+    login_failures,
     members,
     organizations,
     repository_settings,
@@ -323,3 +324,25 @@ def audit_entries(
         }
         for r in conn.execute(query)
     ]
+
+
+def recent_failures(conn: Connection, key: str, since: float) -> list[float]:
+    rows = conn.execute(
+        select(login_failures.c.ts)
+        .where(login_failures.c.key == key, login_failures.c.ts >= since)
+        .order_by(login_failures.c.ts)
+    )
+    return [float(r[0]) for r in rows]
+
+
+def add_failure(conn: Connection, key: str, ts: float, forget_before: float) -> None:
+    conn.execute(
+        delete(login_failures).where(
+            login_failures.c.key == key, login_failures.c.ts < forget_before
+        )
+    )
+    conn.execute(insert(login_failures).values(key=key, ts=ts))
+
+
+def clear_failures(conn: Connection, key: str) -> None:
+    conn.execute(delete(login_failures).where(login_failures.c.key == key))

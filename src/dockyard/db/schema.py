@@ -225,3 +225,14 @@ retention_policies = Table(
     Column("rules", Text, nullable=False),  # JSON, see registry/retention.py
     Column("created_at", Float, nullable=False),
 )
+
+# Failed logins, shared by every server process (migration 0005)
+
+login_failures = Table(
+    "login_failures",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("key", String(300), nullable=False),
+    Column("ts", Float, nullable=False),
+    Index("ix_login_failures_key", "key", "ts"),
+)

@@ -265,7 +265,13 @@ class App:
             route_name = route.name
             caller = None
             if self.auth is not None:
-                caller = await authorize(self.auth, request, route_name, params)
+                try:
+                    caller = await authorize(self.auth, request, route_name, params)
+                except RegistryError:
+                    # read what the client is still sending, so that it gets the 401/403
+                    # rather than a reset connection
+                    await request.drain()
+                    raise
                 if key is not None:
                     hit = self.cache.get(key)
                     if hit is not None:

@@ -77,6 +77,20 @@ class Request:
         async for chunk in self.body:
             yield chunk
 
+    async def drain(self, limit: int = DRAIN_LIMIT) -> None:
+        """Read and drop up to ``limit`` bytes of an unread body."""
+        try:
+            declared = self.content_length()
+        except RegistryError:
+            return
+        if declared in (None, 0) and self.header("transfer-encoding") is None:
+            return
+        size = 0
+        async for chunk in self.body:
+            size += len(chunk)
+            if size > limit:
+                return
+
     async def read(self, limit: int, too_large: RegistryError) -> bytes:
         declared = self.content_length()
         if declared is not None and declared > limit:

@@ -76,9 +76,19 @@ class ListingEndpoints:
 
     async def catalog(self, request: Request) -> Response:
         n = parse_page_size(request.arg("n"), self.registry.ctx.limits.max_page_size)
-        page = await self.registry.listings.catalog(n, request.arg("last"))
-        items = page.items if request.visible is None else await request.visible(page.items)
-        return _paged({"repositories": items}, page, "/v2/_catalog", n, page.items)
+        last = request.arg("last")
+        page = await self.registry.listings.catalog(n, last)
+        if request.visible is None:
+            return _paged({"repositories": page.items}, page, "/v2/_catalog", n)
+        # Only what the caller may see, and a Link that names nothing else: read on until
+        # n visible names (or the end) are found.
+        visible = await request.visible(page.items)
+        while n is not None and len(visible) < n and page.more and page.items:
+            page = await self.registry.listings.catalog(n, page.items[-1])
+            visible += await request.visible(page.items)
+        more = page.more or (n is not None and len(visible) > n)
+        items = visible[:n] if n is not None else visible
+        return _paged({"repositories": items}, Page(items, more and bool(items)), "/v2/_catalog", n)
 
     async def referrers(self, request: Request, name: str, digest: str) -> Response:
         validate_name(name)
@@ -103,18 +113,10 @@ class ListingEndpoints:
         return json_response(200, {})
 
 
-def _paged(
-    payload: dict[str, object],
-    page: Page,
-    path: str,
-    n: int | None,
-    unfiltered: list[str] | None = None,
-) -> Response:
-    """The page as JSON with its ``Link`` to the next (after the last row read, whether or
-    not the caller could see it)."""
+def _paged(payload: dict[str, object], page: Page, path: str, n: int | None) -> Response:
+    """The page as JSON with its ``Link`` to the next, after the page's last item."""
     headers = []
-    rows = unfiltered if unfiltered is not None else page.items
-    if page.more and rows:
-        query = urlencode({"n": n, "last": rows[-1]})
+    if page.more and page.items:
+        query = urlencode({"n": n, "last": page.items[-1]})
         headers.append(("Link", f'<{path}?{query}>; rel="next"'))
     return json_response(200, payload, headers)
