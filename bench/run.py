@@ -512,7 +512,16 @@ def server_command(kind: str, opts: Options, data_dir: Path, port: int) -> list[
             DISTRIBUTION_CONFIG.format(root=data_dir, port=port, no_access_log=no_access_log)
         )
         return [opts.distribution_bin, "serve", str(cfg)]
-    cmd = [opts.dockyard_bin, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", str(data_dir)]
+    # --no-auth: compared with Distribution's default, which is an open registry too
+    cmd = [
+        opts.dockyard_bin,
+        "serve",
+        "--no-auth",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--data-dir",
+        str(data_dir),
+    ]
     cmd += ["--log-level", "warning"]
     cmd += ["--access-log"] if opts.access_log else ["--no-access-log"]
     if opts.dockyard_workers is not None:

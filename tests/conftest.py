@@ -17,6 +17,11 @@ from tests.support.processes import Server, start_distribution, start_dockyard
 
 TARGET = os.environ.get("DOCKYARD_TEST_TARGET", "dockyard")
 
+# The protocol, client and lifecycle tests run an open registry (as a bare registry:2 is):
+# every server a test starts inherits this unless it passes --auth, as the tests of
+# authentication do.
+os.environ.setdefault("DOCKYARD_AUTH", "false")
+
 
 @pytest.fixture(scope="session")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:

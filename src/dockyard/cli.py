@@ -45,7 +45,8 @@ def main() -> None:
 @click.option(
     "--auth/--no-auth",
     default=None,
-    help="require authentication (users, robots, Docker token auth) [off]",
+    help="require authentication (users, robots, Docker token auth) [on]; --no-auth: an "
+    "open registry, as a bare registry:2",
 )
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option("--access-log/--no-access-log", default=None, help="one JSON line per request")

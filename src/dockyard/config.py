@@ -45,7 +45,7 @@ class Settings(BaseSettings):
         description="permit listening on a non-loopback address without authentication",
     )
     auth: bool = Field(
-        False, description="require authentication (Docker token auth, users, robots)"
+        True, description="require authentication (Docker token auth, users, robots)"
     )
     token_service: str = Field("dockyard", description="the service name tokens are for")
     token_issuer: str = Field("dockyard", description="the iss claim of issued tokens")

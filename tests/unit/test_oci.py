@@ -137,3 +137,15 @@ def test_invalid_manifests(body: bytes, content_type: str | None, message: str) 
     with pytest.raises(ManifestInvalid) as caught:
         parse_manifest(body, content_type)
     assert message in caught.value.message
+
+
+@pytest.mark.parametrize("value", ["team/app\n", "a\n"])
+def test_a_trailing_newline_is_no_name(value: str) -> None:
+    with pytest.raises(NameInvalid):
+        validate_name(value)
+
+
+def test_a_trailing_newline_is_no_tag_or_digest() -> None:
+    assert not is_valid_tag("latest\n")
+    with pytest.raises(DigestInvalid):
+        parse_digest("sha256:" + "a" * 64 + "\n")

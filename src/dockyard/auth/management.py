@@ -4,6 +4,7 @@ callers check who may do what (``policy.can_manage``) before calling."""
 
 from __future__ import annotations
 
+import math
 import re
 import secrets
 import time
@@ -50,7 +51,7 @@ class ConflictError(ManagementError):
 
 
 def check_name(name: str, what: str) -> str:
-    if not 2 <= len(name) <= 64 or not _NAME_RE.match(name):
+    if not 2 <= len(name) <= 64 or not _NAME_RE.fullmatch(name):
         raise ManagementError(
             f"invalid {what} name {name[:70]!r}: 2-64 lowercase letters, digits and . _ - "
             "(not at either end); it becomes a namespace of repository names"
@@ -108,7 +109,11 @@ def update_user(
 
 
 def delete_user(conn: Connection, name: str) -> None:
-    id_db.delete_user(conn, require_user(conn, name).id)
+    """Delete a user; the robots of their namespace stop working too."""
+    user = require_user(conn, name)
+    for row in id_db.list_credentials(conn, "robot", namespace=name):
+        id_db.revoke_credential(conn, row.id)
+    id_db.delete_user(conn, user.id)
 
 
 def user_json(user: id_db.UserRow) -> dict[str, Any]:
@@ -182,7 +187,7 @@ def parse_permissions(value: Any) -> list[Permission]:
 def _expiry(expires_in_days: float | None) -> float | None:
     if expires_in_days is None:
         return None
-    if expires_in_days <= 0 or expires_in_days > 3650:
+    if not math.isfinite(expires_in_days) or not 0 < expires_in_days <= 3650:
         raise ManagementError("expiry must be between 0 and 3650 days")
     return time.time() + expires_in_days * 86400
 
@@ -195,7 +200,7 @@ def create_robot(
     expires_in_days: float | None,
 ) -> tuple[id_db.CredentialRow, str]:
     """A robot acting in ``namespace``; returns it and its secret (shown once)."""
-    if not _ROBOT_NAME_RE.match(name) or len(name) > 48:
+    if not _ROBOT_NAME_RE.fullmatch(name) or len(name) > 48:
         raise ManagementError("invalid robot name")
     if not _namespace_taken(conn, namespace):
         raise NotFoundError(f"no user or organization {namespace!r}")
@@ -228,8 +233,8 @@ def create_access_token(
 ) -> tuple[id_db.CredentialRow, str]:
     """A personal access token: the user's rights, narrowed to ``permissions``."""
     owner = require_user(conn, user)
-    if not name or len(name) > 64:
-        raise ManagementError("a token needs a name of at most 64 characters")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9 ._@/+-]{0,39}", name):
+        raise ManagementError("a token name is 1-40 letters, digits, spaces and . _ @ / + -")
     grants = permissions or [Permission("*", frozenset(ACTIONS))]
     return _new_credential(
         conn,

@@ -62,10 +62,10 @@ def namespace_actions(conn: Connection, identity: Identity, namespace: str) -> f
 
 def can_manage(conn: Connection, identity: Identity, namespace: str) -> bool:
     """May change members, robots and settings of the namespace."""
+    if identity.kind != "user" or identity.user_id is None:
+        return False  # robots and (even an admin's) access tokens manage nothing
     if identity.is_admin:
         return True
-    if identity.kind != "user" or identity.user_id is None:
-        return False
     if namespace == identity.name:
         return True
     org = id_db.org_by_name(conn, namespace)

@@ -30,13 +30,13 @@ class Scope:
 def parse_scope(text: str) -> Scope | None:
     """One resource scope, or None when it does not follow the grammar."""
     resource_type, sep, rest = text.partition(":")
-    if not sep or not _TYPE_RE.match(resource_type):
+    if not sep or not _TYPE_RE.fullmatch(resource_type):
         return None
     name, sep, actions_text = rest.rpartition(":")
     if not sep or not name or len(name) > 512:
         return None
     actions = frozenset(a for a in actions_text.split(",") if a)
-    if not all(_ACTION_RE.match(a) for a in actions):
+    if not all(_ACTION_RE.fullmatch(a) for a in actions):
         return None
     return Scope(resource_type, name, actions)
 

@@ -144,7 +144,7 @@ class AuthService:
         except LoginFailed:
             for key in keys:
                 await self.brake.failed(key)
-            await self.audit(username or "-", "login.failed", None, client)
+            await self.audit((username or "-")[:128], "login.failed", None, client)
             raise Unauthorized("invalid username or password") from None
         await self.brake.succeeded(keys[0])
         if len(self._passwords) > 10_000:

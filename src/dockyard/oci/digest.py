@@ -31,9 +31,9 @@ class Digest:
 
 def parse_digest(value: str) -> Digest:
     """Parse and validate a digest the registry can verify, or raise ``DigestInvalid``."""
-    match = _DIGEST_RE.match(value)
+    match = _DIGEST_RE.fullmatch(value)
     if match is None:
-        if _ANY_DIGEST_RE.match(value):
+        if _ANY_DIGEST_RE.fullmatch(value):
             raise DigestInvalid(
                 f"unsupported digest algorithm in {value[:80]!r}; use sha256 or sha512",
                 detail={"digest": value[:200]},

@@ -83,7 +83,7 @@ def _descriptor(value: Any, where: str) -> Descriptor:
     media_type = value.get("mediaType")
     digest = value.get("digest")
     size = value.get("size")
-    if not isinstance(media_type, str) or not _MEDIA_TYPE_RE.match(media_type):
+    if not isinstance(media_type, str) or not _MEDIA_TYPE_RE.fullmatch(media_type):
         raise _fail(f"{where}.mediaType is missing or not a valid media type")
     if not isinstance(digest, str) or not is_valid_digest(digest):
         raise _fail(f"{where}.digest is missing or not a valid sha256/sha512 digest")
@@ -91,7 +91,7 @@ def _descriptor(value: Any, where: str) -> Descriptor:
         raise _fail(f"{where}.size must be a non-negative 64-bit integer")
     artifact_type = value.get("artifactType")
     if artifact_type is not None and (
-        not isinstance(artifact_type, str) or not _MEDIA_TYPE_RE.match(artifact_type)
+        not isinstance(artifact_type, str) or not _MEDIA_TYPE_RE.fullmatch(artifact_type)
     ):
         raise _fail(f"{where}.artifactType is not a valid media type")
     platform = value.get("platform")
@@ -166,7 +166,7 @@ def parse_manifest(body: bytes, content_type: str | None) -> ParsedManifest:
         )
     artifact_type = document.get("artifactType")
     if artifact_type is not None and (
-        not isinstance(artifact_type, str) or not _MEDIA_TYPE_RE.match(artifact_type)
+        not isinstance(artifact_type, str) or not _MEDIA_TYPE_RE.fullmatch(artifact_type)
     ):
         raise _fail("artifactType is not a valid media type")
     annotations = _string_map(document.get("annotations"), "annotations")

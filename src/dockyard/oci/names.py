@@ -23,7 +23,7 @@ def validate_name(name: str) -> str:
             f"repository name is longer than {MAX_NAME_LENGTH} characters",
             detail={"name": name[:300]},
         )
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):
         raise NameInvalid(
             "invalid repository name: use lowercase letters, digits and separators "
             "(., _, __, -) in path components separated by '/'",
@@ -33,7 +33,7 @@ def validate_name(name: str) -> str:
 
 
 def is_valid_tag(tag: str) -> bool:
-    return _TAG_RE.match(tag) is not None
+    return _TAG_RE.fullmatch(tag) is not None
 
 
 def validate_tag(tag: str) -> str:

@@ -152,7 +152,7 @@ class FilesystemBlobStore:
     # uploads
 
     def _upload_file(self, upload_id: str) -> Path:
-        if not _UPLOAD_ID_RE.match(upload_id):
+        if not _UPLOAD_ID_RE.fullmatch(upload_id):
             raise ValueError(f"not an upload id: {upload_id!r}")
         return self._uploads / upload_id
 
