@@ -6,24 +6,30 @@ import time
 
 from sqlalchemy import Connection, delete, select
 
-from dockyard.db.dialect import insert_ignore
+from dockyard.db.dialect import upsert
 from dockyard.db.schema import blobs, repository_blobs
 
 
 def record(conn: Connection, digest: str, size: int) -> None:
-    """Record that the blob is stored (idempotent)."""
-    insert_ignore(
-        conn, blobs, {"digest": digest, "size": size, "created_at": time.time()}, ["digest"]
+    """Record that the blob is stored (idempotent; a blob stored again is young again, so
+    the grace period of garbage collection protects it as it protects a new one)."""
+    upsert(
+        conn,
+        blobs,
+        {"digest": digest, "size": size, "created_at": time.time()},
+        ["digest"],
+        ["created_at"],
     )
 
 
 def link(conn: Connection, repository_id: int, digest: str) -> None:
-    """Make the blob servable from the repository (idempotent)."""
-    insert_ignore(
+    """Make the blob servable from the repository (idempotent; refreshes its age)."""
+    upsert(
         conn,
         repository_blobs,
         {"repository_id": repository_id, "digest": digest, "created_at": time.time()},
         ["repository_id", "digest"],
+        ["created_at"],
     )
 
 

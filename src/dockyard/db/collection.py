@@ -3,7 +3,7 @@ nothing references the row any more, so a push that commits first always wins.""
 
 from __future__ import annotations
 
-from sqlalchemy import ColumnElement, Connection, Exists, and_, delete, exists, func, not_, select
+from sqlalchemy import ColumnElement, Connection, Exists, and_, delete, exists, not_, select
 from sqlalchemy.orm import aliased
 
 from dockyard.db.schema import (
@@ -116,29 +116,6 @@ def _blob_is_garbage(cutoff: float) -> ColumnElement[bool]:
             )
         ),
     )
-
-
-def unreferenced_blobs(conn: Connection, cutoff: float) -> list[tuple[str, int, int]]:
-    """(digest, size, number of links) of old blobs no manifest references (a dry run's
-    candidates: they go if all their links go)."""
-    links = (
-        select(func.count())
-        .select_from(repository_blobs)
-        .where(repository_blobs.c.digest == blobs.c.digest)
-        .scalar_subquery()
-    )
-    rows = conn.execute(
-        select(blobs.c.digest, blobs.c.size, links).where(
-            blobs.c.created_at < cutoff,
-            not_(
-                exists().where(
-                    manifest_references.c.digest == blobs.c.digest,
-                    manifest_references.c.kind == "blob",
-                )
-            ),
-        )
-    )
-    return [(r[0], r[1], r[2]) for r in rows]
 
 
 def garbage_blobs(conn: Connection, cutoff: float) -> list[tuple[str, int]]:

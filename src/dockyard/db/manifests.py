@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select
+from sqlalchemy import Connection, delete, insert, select, update
 
 from dockyard.db.dialect import insert_ignore
 from dockyard.db.schema import manifest_references, manifests, tags
@@ -77,7 +77,10 @@ def store(
 ) -> int:
     """Store the manifest (idempotent on digest) with its references; return its id."""
     existing = by_digest(conn, repository_id, digest)
-    if existing is not None:
+    if existing is not None:  # pushed again: young again (the GC grace period counts from now)
+        conn.execute(
+            update(manifests).where(manifests.c.id == existing.id).values(created_at=time.time())
+        )
         return existing.id
     result = conn.execute(
         insert(manifests).values(

@@ -16,7 +16,6 @@ without a row, which the next run removes.
 from __future__ import annotations
 
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -56,19 +55,43 @@ class GarbageCollector:
     def __init__(self, ctx: Context, policy: GcPolicy) -> None:
         self.ctx = ctx
         self.policy = policy
-        self._doomed_links: Counter[str] = Counter()
 
     async def collect(self, dry_run: bool = False) -> GcReport:
         started = time.monotonic()
         cutoff = time.time() - self.policy.grace_seconds
         report = GcReport(dry_run=dry_run)
-        if self.policy.delete_untagged:
-            await self._manifests(cutoff, report)
-        await self._links(cutoff, report)
-        await self._blobs(cutoff, report)
+        if dry_run:
+            await self.ctx.run(partial(self._rehearse, cutoff, report))
+        else:
+            if self.policy.delete_untagged:
+                await self._manifests(cutoff, report)
+            await self._links(cutoff, report)
+            await self._blobs(cutoff, report)
         await self._orphan_files(cutoff, report)
         report.seconds = time.monotonic() - started
         return report
+
+    def _rehearse(self, cutoff: float, report: GcReport) -> None:
+        """A dry run: a real run's deletions, same queries, in one transaction rolled back
+        at the end, so what deleting an index or a subject would free is counted too."""
+        with self.ctx.db.writer.connect() as conn:
+            transaction = conn.begin()
+            try:
+                while self.policy.delete_untagged:
+                    found = gc_db.untagged_manifests(conn, cutoff)
+                    if not found:
+                        break
+                    for manifest_id, repository, digest, _size in found:
+                        if gc_db.delete_manifest_if_garbage(conn, manifest_id, cutoff):
+                            report.manifests.append((repository, digest))
+                for repository_id, digest in gc_db.garbage_links(conn, cutoff):
+                    removed = gc_db.delete_link_if_garbage(conn, repository_id, digest, cutoff)
+                    report.links += int(removed)
+                for digest, size in gc_db.garbage_blobs(conn, cutoff):
+                    report.blobs.append(digest)
+                    report.bytes_freed += size
+            finally:
+                transaction.rollback()
 
     async def _manifests(self, cutoff: float, report: GcReport) -> None:
         # deleting an index or a subject can free its children: repeat until nothing goes
@@ -80,9 +103,6 @@ class GarbageCollector:
                 return
             for manifest_id, repository, digest, _size in found:
                 seen.add(manifest_id)
-                if report.dry_run:
-                    report.manifests.append((repository, digest))
-                    continue
                 deleted = await self.ctx.write(
                     partial(
                         gc_db.delete_manifest_if_garbage, manifest_id=manifest_id, cutoff=cutoff
@@ -90,15 +110,9 @@ class GarbageCollector:
                 )
                 if deleted:
                     report.manifests.append((repository, digest))
-            if report.dry_run:
-                return  # what a deletion would free next is not known without deleting
 
     async def _links(self, cutoff: float, report: GcReport) -> None:
         links = await self.ctx.read(lambda conn: gc_db.garbage_links(conn, cutoff))
-        if report.dry_run:
-            report.links = len(links)
-            self._doomed_links = Counter(digest for _, digest in links)
-            return
         for repository_id, digest in links:
             removed = await self.ctx.write(
                 partial(
@@ -112,13 +126,6 @@ class GarbageCollector:
 
     async def _blobs(self, cutoff: float, report: GcReport) -> None:
         store = self.ctx.store
-        if report.dry_run:  # a blob would go if every link it has would go
-            unreferenced = await self.ctx.read(lambda conn: gc_db.unreferenced_blobs(conn, cutoff))
-            for digest, size, links in unreferenced:
-                if links == self._doomed_links.get(digest, 0):
-                    report.blobs.append(digest)
-                    report.bytes_freed += size
-            return
         candidates = await self.ctx.read(lambda conn: gc_db.garbage_blobs(conn, cutoff))
         for digest, size in candidates:
             lock = await self.ctx.run(partial(store.lock_blob, digest))
@@ -146,6 +153,7 @@ class GarbageCollector:
                 continue
             if report.dry_run:
                 report.orphan_files.append(digest)
+                report.bytes_freed += store.stat_blob(digest) or 0
                 continue
             lock = await self.ctx.run(partial(store.lock_blob, digest))
             try:

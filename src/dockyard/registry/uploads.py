@@ -8,6 +8,7 @@ worker process re-hashes the bytes already stored (from disk, ~1.2 GB/s) and car
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import time
@@ -32,7 +33,7 @@ from dockyard.oci.errors import (
 )
 from dockyard.registry.context import Context
 from dockyard.registry.lifecycle import enforce_quota
-from dockyard.storage.base import UploadBusy, UploadWriter
+from dockyard.storage.base import BlobLock, BlobStore, UploadBusy, UploadWriter
 
 _MAX_RUNNING_HASHES = 4096
 
@@ -233,8 +234,10 @@ class Uploads:
                 upload_db.remove(conn, upload_id)
                 enforce_quota(conn, name)
 
-            # publish and record under the blob's lock: the garbage collector takes it too
-            lock = await self.ctx.run(lambda: self.ctx.store.lock_blob(digest))
+            # publish and record under the blob's lock: the garbage collector takes it too.
+            # Wait for it on a thread of the default pool: waiters holding ctx.executor
+            # threads would starve the holder, which needs one to publish and commit.
+            lock = await _lock_blob(self.ctx.store, digest)
             try:
                 await self.ctx.run(lambda: self.ctx.store.publish_upload(upload_id, digest))
                 await self.ctx.write(commit)
@@ -286,6 +289,22 @@ class Uploads:
             with contextlib.suppress(BlobUploadUnknown):
                 await self.cancel(name, status.id)
             raise
+
+
+async def _lock_blob(store: BlobStore, digest: str) -> BlobLock:
+    """Wait for a blob's lock on a thread; if this request is cancelled meanwhile, the lock
+    is released as soon as the thread gets it, instead of staying held for good."""
+    waiting = asyncio.ensure_future(asyncio.to_thread(store.lock_blob, digest))
+    try:
+        return await asyncio.shield(waiting)
+    except asyncio.CancelledError:
+
+        def release(done: asyncio.Future[BlobLock]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                done.result().release()
+
+        waiting.add_done_callback(release)
+        raise
 
 
 def _remove_row(conn: Connection, upload_id: str) -> bool:
