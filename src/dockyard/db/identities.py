@@ -300,8 +300,12 @@ def audit_entries(
     since: float | None = None,
     limit: int = 100,
     before_id: int | None = None,
+    within: Any = None,
 ) -> list[dict[str, Any]]:
+    """Audit entries, newest first, filtered; ``within`` is an extra SQL condition."""
     query = select(audit_log).order_by(audit_log.c.id.desc()).limit(limit)
+    if within is not None:
+        query = query.where(within)
     if actor:
         query = query.where(audit_log.c.actor == actor)
     if action:

@@ -4,13 +4,12 @@ entries whose resource lies in given namespaces."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Connection, exists, func, or_, select
 
-from dockyard.db.identities import OrganizationRow
+from dockyard.db.identities import OrganizationRow, audit_entries
 from dockyard.db.schema import (
     audit_log,
     credentials,
@@ -108,26 +107,13 @@ def audit_entries_within(
         within.append(audit_log.c.resource.in_(list(names)))
     if not within:
         return []
-    query = select(audit_log).where(or_(*within)).order_by(audit_log.c.id.desc()).limit(limit)
-    if actor:
-        query = query.where(audit_log.c.actor == actor)
-    if action:
-        query = query.where(audit_log.c.action == action)
-    if resource:
-        query = query.where(audit_log.c.resource == resource)
-    if since is not None:
-        query = query.where(audit_log.c.ts >= since)
-    if before_id is not None:
-        query = query.where(audit_log.c.id < before_id)
-    return [
-        {
-            "id": r.id,
-            "ts": r.ts,
-            "actor": r.actor,
-            "action": r.action,
-            "resource": r.resource,
-            "client": r.client,
-            "detail": json.loads(r.detail) if r.detail else None,
-        }
-        for r in conn.execute(query)
-    ]
+    return audit_entries(
+        conn,
+        actor=actor,
+        action=action,
+        resource=resource,
+        since=since,
+        limit=limit,
+        before_id=before_id,
+        within=or_(*within),
+    )
