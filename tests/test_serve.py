@@ -35,8 +35,11 @@ from tests.support.processes import (
 
 pytestmark = pytest.mark.timeout(120)
 
-# The tests set DOCKYARD_* themselves; nothing from the outer environment leaks in.
+# The tests set DOCKYARD_* themselves; nothing from the outer environment leaks in. They
+# exercise the open registry (`auth: false`, as a bare registry:2), whose listen-address
+# refusal is part of what they test; authentication has its own tests (tests/auth_e2e).
 BASE_ENV = {k: v for k, v in os.environ.items() if not k.startswith("DOCKYARD_")}
+BASE_ENV["DOCKYARD_AUTH"] = "false"
 _names = itertools.count()
 
 

@@ -11,7 +11,7 @@ import tempfile
 from dockyard.auth.management import ensure_first_admin
 from dockyard.config import Settings, is_loopback
 from dockyard.db.engine import Database
-from dockyard.http.app import SETTINGS_ENV
+from dockyard.http.app import SERVER_PID_ENV, SETTINGS_ENV
 
 
 class ServeRefused(Exception):
@@ -99,6 +99,7 @@ def serve(settings: Settings) -> None:
     metrics_dir = tempfile.mkdtemp(prefix="dockyard-metrics-")
     os.environ["DOCKYARD_METRICS_DIR"] = metrics_dir
     os.environ[SETTINGS_ENV] = settings.model_dump_json()
+    os.environ[SERVER_PID_ENV] = str(os.getpid())
     tls: dict[str, object] = {}
     if settings.tls_cert and settings.tls_key:
         tls = {

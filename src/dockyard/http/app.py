@@ -40,6 +40,7 @@ from dockyard.registry.usage import usage
 log = logging.getLogger("dockyard")
 
 SETTINGS_ENV = "DOCKYARD_SERVE_SETTINGS"
+SERVER_PID_ENV = "DOCKYARD_SERVE_PID"
 
 _NAME = r"(?P<name>[^?#]+?)"
 _SEGMENT = r"[^/]+"
@@ -168,7 +169,9 @@ class App:
         pull times gathered since the last second, and stop if
         the serving process that started this worker is gone (killed with -9, say), so no
         orphan keeps answering on the port."""
-        parent = os.getppid()
+        # the serving process's pid, as it set it before starting workers: a worker whose
+        # master died before this loop first ran must stop too
+        parent = int(os.environ.get(SERVER_PID_ENV) or os.getppid())
         while True:
             await asyncio.sleep(1.0)
             try:
