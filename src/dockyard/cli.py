@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 from pydantic import ValidationError
 
 from dockyard import __version__
 from dockyard.config import Settings, load_settings
+
+T = TypeVar("T")
 
 
 def _settings(config: Path | None, **flags: Any) -> Settings:
@@ -80,16 +83,19 @@ def upgrade(config: Path | None, **flags: Any) -> None:
     click.echo("database is up to date")
 
 
-def _collector(settings: Settings, grace: int | None, untagged: bool | None) -> Any:
-    from dockyard.registry.gc import GarbageCollector, GcPolicy
-    from dockyard.registry.service import Registry
+def run_on_registry(settings: Settings, job: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
+    """Bring the schema up to date, open the registry, run ``job`` on it, close it."""
+    import asyncio
 
+    from dockyard.registry.service import Registry
+    from dockyard.server import prepare
+
+    prepare(settings)
     registry = Registry.from_settings(settings)
-    policy = GcPolicy(
-        grace_seconds=settings.gc_grace_seconds if grace is None else grace,
-        delete_untagged=settings.gc_delete_untagged if untagged is None else untagged,
-    )
-    return registry, GarbageCollector(registry.ctx, policy)
+    try:
+        return asyncio.run(job(registry))
+    finally:
+        registry.close()
 
 
 @main.command()
@@ -111,18 +117,18 @@ def gc(
     **flags: Any,
 ) -> None:
     """Collect garbage online (the registry keeps serving) and print what was freed."""
-    import asyncio
     import json
 
-    from dockyard.server import prepare
+    from dockyard.registry.gc import GarbageCollector, GcPolicy
 
     settings = _settings(config, **flags)
-    prepare(settings.model_copy(update={"auth": False}))
-    registry, collector = _collector(settings, grace_seconds, delete_untagged)
-    try:
-        report = asyncio.run(collector.collect(dry_run=dry_run))
-    finally:
-        registry.close()
+    policy = GcPolicy(
+        grace_seconds=settings.gc_grace_seconds if grace_seconds is None else grace_seconds,
+        delete_untagged=settings.gc_delete_untagged if delete_untagged is None else delete_untagged,
+    )
+    report = run_on_registry(
+        settings, lambda registry: GarbageCollector(registry.ctx, policy).collect(dry_run=dry_run)
+    )
     click.echo(json.dumps(report.to_json(), indent=2))
 
 
@@ -140,7 +146,7 @@ def worker(config: Path | None, once: bool, **flags: Any) -> None:
     from dockyard.workers import run_worker
 
     settings = _settings(config, **flags)
-    prepare(settings.model_copy(update={"auth": False}))
+    prepare(settings)
     asyncio.run(run_worker(settings, once=once))
 
 

@@ -31,7 +31,7 @@ data_dir_option = click.option("--data-dir", type=click.Path(path_type=Path))
 @contextmanager
 def _database(config: Path | None, data_dir: Path | None) -> Iterator[Database]:
     settings = load_settings(config, data_dir=data_dir)
-    prepare(settings.model_copy(update={"auth": False}))
+    prepare(settings)
     database = Database(settings.resolved_database_url)
     try:
         yield database

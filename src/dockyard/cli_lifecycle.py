@@ -177,19 +177,11 @@ def retention_remove(policy_id: int, config: Path | None, data_dir: Path | None)
 @data_dir_option
 def retention_run(dry_run: bool, config: Path | None, data_dir: Path | None) -> None:
     """Apply every policy now and print what went (or would go)."""
-    import asyncio
-
+    from dockyard.cli import run_on_registry
     from dockyard.config import load_settings
-    from dockyard.registry.service import Registry
-    from dockyard.server import prepare
 
     settings = load_settings(config, data_dir=data_dir)
-    prepare(settings.model_copy(update={"auth": False}))
-    registry = Registry.from_settings(settings)
-    try:
-        report = asyncio.run(registry.retention.run(dry_run=dry_run))
-    finally:
-        registry.close()
+    report = run_on_registry(settings, lambda registry: registry.retention.run(dry_run=dry_run))
     _echo_json(report.to_json())
 
 

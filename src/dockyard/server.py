@@ -57,20 +57,30 @@ def prepare(settings: Settings) -> None:
     database = Database(settings.resolved_database_url)
     try:
         database.upgrade()
-        if settings.auth and settings.token_issuer_mode == "internal":
-            with database.writer.begin() as conn:
-                password = ensure_first_admin(conn)
-            if password is not None:
-                print(
-                    "\n  Dockyard created the first administrator. Log in with:\n"
-                    f"    user:     admin\n    password: {password}\n"
-                    "  This password is shown once; change it with "
-                    "`dockyard user passwd admin`.\n",
-                    file=sys.stderr,
-                    flush=True,
-                )
     finally:
         database.dispose()
+
+
+def announce_first_admin(settings: Settings) -> None:
+    """On a registry that checks logins itself and has no user yet, create ``admin`` with a
+    generated password and print it once."""
+    if not settings.auth or settings.token_issuer_mode != "internal":
+        return
+    database = Database(settings.resolved_database_url)
+    try:
+        with database.writer.begin() as conn:
+            password = ensure_first_admin(conn)
+    finally:
+        database.dispose()
+    if password is not None:
+        print(
+            "\n  Dockyard created the first administrator. Log in with:\n"
+            f"    user:     admin\n    password: {password}\n"
+            "  This password is shown once; change it with "
+            "`dockyard user passwd admin`.\n",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 # granian's own messages go to stderr, so that stdout carries only the JSON access log
@@ -96,6 +106,7 @@ def serve(settings: Settings) -> None:
 
     check(settings)
     prepare(settings)
+    announce_first_admin(settings)
     metrics_dir = tempfile.mkdtemp(prefix="dockyard-metrics-")
     os.environ["DOCKYARD_METRICS_DIR"] = metrics_dir
     os.environ[SETTINGS_ENV] = settings.model_dump_json()
