@@ -502,6 +502,7 @@ class Options:
     access_log: bool
     retry_noisy: int
     patch_new_conn: bool
+    dockyard_sendfile: bool = False
 
 
 def server_command(kind: str, opts: Options, data_dir: Path, port: int) -> list[str]:
@@ -526,6 +527,8 @@ def server_command(kind: str, opts: Options, data_dir: Path, port: int) -> list[
     cmd += ["--access-log"] if opts.access_log else ["--no-access-log"]
     if opts.dockyard_workers is not None:
         cmd += ["--workers", str(opts.dockyard_workers)]
+    if opts.dockyard_sendfile:  # large blob GETs redirected to the zero-copy port
+        cmd = ["env", f"DOCKYARD_SENDFILE_LISTEN=127.0.0.1:{free_port()}", *cmd]
     return cmd
 
 
@@ -1292,6 +1295,11 @@ def parse_args(argv: Sequence[str]) -> Options:
         default=30.0,
         help="before each session wait up to this many seconds for other processes to go idle",
     )
+    p.add_argument(
+        "--dockyard-sendfile",
+        action="store_true",
+        help="turn Dockyard's sendfile port on (blob GETs of 8 MiB and more are redirected to it)",
+    )
     ns = p.parse_args(argv)
 
     only: list[str] = []
@@ -1328,6 +1336,7 @@ def parse_args(argv: Sequence[str]) -> Options:
         quiet_wait=ns.quiet_wait,
         access_log=ns.access_log,
         retry_noisy=ns.retry_noisy,
+        dockyard_sendfile=ns.dockyard_sendfile,
         patch_new_conn=ns.patch_new_conn,
     )
 

@@ -158,7 +158,14 @@ def _register_identity_commands() -> None:
     register_lifecycle(main)
 
 
+def _register_import_command() -> None:
+    from dockyard.cli_import import register
+
+    register(main)
+
+
 _register_identity_commands()
+_register_import_command()
 
 if __name__ == "__main__":
     main()

@@ -32,7 +32,7 @@ data_dir_option = click.option("--data-dir", type=click.Path(path_type=Path))
 def _database(config: Path | None, data_dir: Path | None) -> Iterator[Database]:
     settings = load_settings(config, data_dir=data_dir)
     prepare(settings)
-    database = Database(settings.resolved_database_url)
+    database = Database.from_settings(settings)
     try:
         yield database
     finally:

@@ -17,6 +17,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from dockyard.mirror.upstreams import UpstreamSettings, build_upstreams
+
 if TYPE_CHECKING:
     from dockyard.auth.external import TrustStore
 
@@ -31,6 +33,20 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("dockyard-data"), description="where SQLite and blobs live")
     database_url: str | None = Field(
         None, description="SQLAlchemy URL; default sqlite:///<data_dir>/dockyard.db"
+    )
+    # connection pool of PostgreSQL, per server process (docs/scale-out.md)
+    database_pool_size: int = Field(10, ge=1, le=1000, description="connections kept open")
+    database_max_overflow: int = Field(
+        20, ge=0, le=1000, description="extra connections opened under load, closed after"
+    )
+    database_pool_pre_ping: bool = Field(
+        True, description="test a pooled connection before use (survives database restarts)"
+    )
+    database_pool_recycle_seconds: int = Field(
+        1800, ge=0, description="replace connections older than this; 0: never"
+    )
+    database_pool_timeout_seconds: float = Field(
+        30.0, gt=0, description="how long a request waits for a free connection"
     )
     workers: int = Field(
         default_factory=lambda: min(os.cpu_count() or 1, 8),
@@ -78,7 +94,30 @@ class Settings(BaseSettings):
         0.0, ge=0, description="requests a second per identity and per address; 0: no limit"
     )
     rate_limit_burst: int = Field(200, ge=1)
+    # what several nodes share through Redis (dockyard.redis_support, docs/scale-out.md)
+    redis_url: str | None = Field(
+        None,
+        description="redis://HOST:PORT/DB (rediss:// for TLS): shared cache invalidation, "
+        "rate limits and locks for several nodes; default: none (per-machine only)",
+    )
+    redis_prefix: str = Field(
+        "dockyard",
+        pattern=r"^[A-Za-z0-9._-]{1,64}$",
+        description="prefix of every Redis key (registries sharing one Redis need different ones)",
+    )
     max_manifest_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    # the registry mirror / pull-through cache (docs/mirror.md)
+    upstreams: dict[str, UpstreamSettings] = Field(
+        default_factory=dict,
+        description="upstream registries by name: url, username, password, ca_file, "
+        "insecure_skip_verify, prefix, public, tag_ttl_seconds (hub: Docker Hub, built in)",
+    )
+    mirror_upstream: str | None = Field(
+        None, description="the upstream served for plain names (Docker daemon mirror mode)"
+    )
+    mirror_cache_max_bytes: int | None = Field(
+        None, ge=0, description="evict least recently pulled proxied repositories above this"
+    )
     log_level: str = "info"
     access_log: bool = True
     upload_purge_after_seconds: int = Field(7 * 24 * 3600, ge=60)
@@ -86,6 +125,30 @@ class Settings(BaseSettings):
         True,
         description="fsync a blob before it becomes visible (power-loss safety; kill -9 is "
         "safe either way)",
+    )
+    # where blob bytes live (dockyard.storage.from_settings, docs/scale-out.md)
+    storage: Literal["filesystem", "s3"] = Field(
+        "filesystem", description="filesystem: under data_dir; s3: an S3-compatible bucket"
+    )
+    s3_endpoint: str | None = Field(
+        None, description="URL of the S3 service (MinIO, Ceph RGW, SeaweedFS); none: AWS S3"
+    )
+    s3_bucket: str | None = Field(None, description="the bucket blobs and uploads go to")
+    s3_region: str = "us-east-1"
+    s3_prefix: str = Field("", description="key prefix inside the bucket (several registries)")
+    s3_access_key: str | None = Field(
+        None, description="none: the AWS credential chain (environment, profile, instance role)"
+    )
+    s3_secret_key: str | None = None
+    s3_addressing: Literal["path", "virtual"] | None = Field(
+        None, description="bucket in the path or in the host name; default path with an endpoint"
+    )
+    s3_redirect: bool = Field(
+        True, description="answer blob GETs with a redirect to a presigned URL, else stream"
+    )
+    s3_presign_seconds: int = Field(1200, ge=60, le=7 * 24 * 3600)
+    s3_chunk_mib: int = Field(
+        16, ge=5, le=1024, description="uploads are stored in objects of this many MiB"
     )
     gc_interval_seconds: int = Field(
         0, ge=0, description="run garbage collection this often in `dockyard worker`; 0: never"
@@ -99,11 +162,49 @@ class Settings(BaseSettings):
     retention_interval_seconds: int = Field(
         0, ge=0, description="apply retention policies this often in `dockyard worker`; 0: never"
     )
+    # zero-copy blob downloads through a second port (dockyard.http.sendfile)
+    sendfile_listen: str | None = Field(
+        None,
+        description="HOST:PORT of a second port that sends blobs with sendfile(2); blob GETs "
+        "are redirected there with signed links. Default: off",
+    )
+    sendfile_url: str | None = Field(
+        None,
+        description="base URL clients reach the sendfile port at; default: the hostname "
+        "the client used, with the sendfile port",
+    )
+    sendfile_min_bytes: int = Field(
+        8 * 1024 * 1024, ge=0, description="smaller blobs are sent directly, without a redirect"
+    )
+    sendfile_link_seconds: int = Field(60, ge=5, le=3600, description="how long a link works")
+    sendfile_secret: str | None = Field(
+        None,
+        description="key that signs the links; set the same on every node behind one load "
+        "balancer. Default: random at each start",
+    )
 
     @field_validator("listen")
     @classmethod
     def _check_listen(cls, value: str) -> str:
         parse_listen(value)
+        return value
+
+    @field_validator("sendfile_listen")
+    @classmethod
+    def _check_sendfile_listen(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_listen(value)
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in ("redis", "rediss", "unix") or not (parts.netloc or parts.path):
+                raise ValueError(
+                    "redis_url must be redis://HOST:PORT/DB, rediss://... or unix:///PATH"
+                )
         return value
 
     @field_validator("trusted_keys")
@@ -115,6 +216,25 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute_path(cls, value: Path | None) -> Path | None:
         return value.expanduser().absolute() if value is not None else None
+
+    @model_validator(mode="after")
+    def _check_upstreams(self) -> Settings:
+        build_upstreams(self.upstreams, self.mirror_upstream)  # raises saying what is wrong
+        return self
+
+    @model_validator(mode="after")
+    def _check_s3(self) -> Settings:
+        if self.storage == "s3" and not self.s3_bucket:
+            raise ValueError("storage: s3 needs s3_bucket")
+        if (self.s3_access_key is None) != (self.s3_secret_key is None):
+            raise ValueError("set both s3_access_key and s3_secret_key, or neither")
+        if self.s3_endpoint is not None:
+            endpoint = urlsplit(self.s3_endpoint)
+            if endpoint.scheme not in ("http", "https") or not endpoint.netloc:
+                raise ValueError(
+                    f"s3_endpoint must be an http(s) URL, got {self.s3_endpoint[:80]!r}"
+                )
+        return self
 
     @model_validator(mode="after")
     def _check_token_issuer(self) -> Settings:

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import socket
 import sys
 import tempfile
 
 from dockyard.auth.management import ensure_first_admin
-from dockyard.config import Settings, is_loopback
+from dockyard.config import Settings, is_loopback, parse_listen
 from dockyard.db.engine import Database
-from dockyard.http.app import SERVER_PID_ENV, SETTINGS_ENV
 
 
 class ServeRefused(Exception):
@@ -32,6 +32,11 @@ def check(settings: Settings) -> None:
         if path is not None and not path.is_file():
             raise ServeRefused(f"TLS file {path} does not exist")
     check_port_free(settings.host, settings.port)
+    if settings.sendfile_listen is not None:
+        sendfile_host, sendfile_port = parse_listen(settings.sendfile_listen)
+        if (sendfile_host, sendfile_port) == (settings.host, settings.port):
+            raise ServeRefused("sendfile_listen must differ from listen")
+        check_port_free(sendfile_host, sendfile_port)
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -54,7 +59,7 @@ def check_port_free(host: str, port: int) -> None:
 def prepare(settings: Settings) -> None:
     """Create the data directory and bring the database schema up to date."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    database = Database(settings.resolved_database_url)
+    database = Database.from_settings(settings)
     try:
         database.upgrade()
     finally:
@@ -66,7 +71,7 @@ def announce_first_admin(settings: Settings) -> None:
     generated password and print it once."""
     if not settings.auth or settings.token_issuer_mode != "internal":
         return
-    database = Database(settings.resolved_database_url)
+    database = Database.from_settings(settings)
     try:
         with database.writer.begin() as conn:
             password = ensure_first_admin(conn)
@@ -109,6 +114,11 @@ def serve(settings: Settings) -> None:
     announce_first_admin(settings)
     metrics_dir = tempfile.mkdtemp(prefix="dockyard-metrics-")
     os.environ["DOCKYARD_METRICS_DIR"] = metrics_dir
+    if settings.sendfile_listen is not None and settings.sendfile_secret is None:
+        # every worker signs and checks links with the same key
+        settings = settings.model_copy(update={"sendfile_secret": secrets.token_hex(32)})
+    from dockyard.http.app import SERVER_PID_ENV, SETTINGS_ENV
+
     os.environ[SETTINGS_ENV] = settings.model_dump_json()
     os.environ[SERVER_PID_ENV] = str(os.getpid())
     tls: dict[str, object] = {}

@@ -23,6 +23,8 @@ SAMPLE_PARAMS = {
     "robot": "ci",
     "token_id": "0123456789abcdef",
     "repository": "someorg/app",
+    "rule_id": "1",
+    "policy_id": "1",
 }
 
 
@@ -82,6 +84,26 @@ def test_every_route_is_documented_and_every_documented_route_exists(
         ("get", "/api/v1/repositories/{repository}"),
         ("patch", "/api/v1/repositories/{repository}"),
         ("get", "/api/v1/audit"),
+        # the storage lifecycle (api_lifecycle)
+        ("get", "/api/v1/namespaces/{ns}/quota"),
+        ("put", "/api/v1/namespaces/{ns}/quota"),
+        ("delete", "/api/v1/namespaces/{ns}/quota"),
+        ("get", "/api/v1/namespaces/{ns}/immutable-rules"),
+        ("post", "/api/v1/namespaces/{ns}/immutable-rules"),
+        ("get", "/api/v1/namespaces/{ns}/immutable-rules/{rule_id}"),
+        ("delete", "/api/v1/namespaces/{ns}/immutable-rules/{rule_id}"),
+        ("get", "/api/v1/namespaces/{ns}/retention-policies"),
+        ("post", "/api/v1/namespaces/{ns}/retention-policies"),
+        ("get", "/api/v1/namespaces/{ns}/retention-policies/{policy_id}"),
+        ("put", "/api/v1/namespaces/{ns}/retention-policies/{policy_id}"),
+        ("delete", "/api/v1/namespaces/{ns}/retention-policies/{policy_id}"),
+        ("post", "/api/v1/namespaces/{ns}/retention-runs"),
+        ("get", "/api/v1/namespaces/{ns}/usage"),
+        ("get", "/api/v1/usage/repositories/{repository}"),
+        ("get", "/api/v1/usage"),
+        ("post", "/api/v1/gc"),
+        # the registry mirror (api_mirror)
+        ("get", "/api/v1/upstreams"),
     }
     assert documented == expected
 

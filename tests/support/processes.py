@@ -135,8 +135,11 @@ def start_dockyard(
     return server
 
 
-def start_distribution(root: Path, port: int | None = None, timeout: float = 30) -> Server:
-    """CNCF Distribution 2.8.2 (Debian ``docker-registry``), for comparison."""
+def start_distribution(
+    root: Path, port: int | None = None, timeout: float = 30, htpasswd: Path | None = None
+) -> Server:
+    """CNCF Distribution 2.8.2 (Debian ``docker-registry``), for comparison; with
+    ``htpasswd`` (a bcrypt htpasswd file), it requires Basic credentials."""
     port = port or free_port()
     root.mkdir(parents=True, exist_ok=True)
     config = root.parent / f"{root.name}-config.yml"
@@ -148,6 +151,11 @@ def start_distribution(root: Path, port: int | None = None, timeout: float = 30)
         "  delete:\n    enabled: true\n"
         "http:\n"
         f"  addr: 127.0.0.1:{port}\n"
+        + (
+            f"auth:\n  htpasswd:\n    realm: test\n    path: {htpasswd}\n"
+            if htpasswd is not None
+            else ""
+        )
     )
     log_path = root.parent / f"{root.name}-{port}.log"
     with open(log_path, "ab") as log:
@@ -160,7 +168,10 @@ def start_distribution(root: Path, port: int | None = None, timeout: float = 30)
     server = Server(f"http://127.0.0.1:{port}", root, proc, log_path)
     try:
         wait_until(
-            lambda: httpx.get(f"{server.url}/v2/", timeout=2).status_code == 200,
+            lambda: (
+                httpx.get(f"{server.url}/v2/", timeout=2).status_code
+                == (401 if htpasswd is not None else 200)
+            ),
             timeout,
             f"docker-registry on port {port}",
         )

@@ -36,6 +36,7 @@ from dockyard.auth.policy import (
 from dockyard.db import identities as id_db
 from dockyard.db import namespaces as ns_db
 from dockyard.db import repositories as repo_db
+from dockyard.db.dialect import take_turns
 from dockyard.oci.errors import NameInvalid
 from dockyard.oci.names import validate_name
 
@@ -248,6 +249,7 @@ def whoami(conn: Connection, actor: Identity) -> dict[str, Any]:
 
 
 def _keeps_an_admin(conn: Connection, user: id_db.UserRow, doing: str) -> None:
+    take_turns(conn, "administrators")  # two admins demoting each other at once: one stays
     if user.is_admin and not user.disabled and ns_db.count_active_admins(conn) <= 1:
         raise ConflictError(
             f"{user.name!r} is the last active site administrator; make another user an "
@@ -281,6 +283,7 @@ def update_user(
 
 
 def _last_owner_of(conn: Connection, user: id_db.UserRow) -> list[str]:
+    take_turns(conn, "owners")
     return [
         org.name
         for org, role in ns_db.memberships(conn, user.id)
@@ -412,6 +415,7 @@ def list_members(conn: Connection, actor: Identity, org_name: str) -> list[dict[
 
 
 def _keeps_an_owner(conn: Connection, org: id_db.OrganizationRow, user: id_db.UserRow) -> None:
+    take_turns(conn, "owners")  # two owners removed at once: one stays
     if (
         id_db.role_of(conn, org.id, user.id) == "owner"
         and ns_db.count_role(conn, org.id, "owner") <= 1

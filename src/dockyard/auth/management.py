@@ -29,6 +29,7 @@ from dockyard.auth.identities import (
 from dockyard.auth.passwords import hash_password, new_secret, same
 from dockyard.auth.policy import ROLES
 from dockyard.db import identities as id_db
+from dockyard.db.dialect import take_turns
 
 _NAME_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
 _ROBOT_NAME_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
@@ -66,6 +67,7 @@ def check_password(password: str) -> str:
 
 
 def _namespace_taken(conn: Connection, name: str) -> bool:
+    take_turns(conn, "namespaces")  # a user and an organization of one name at once: one
     return id_db.user_by_name(conn, name) is not None or id_db.org_by_name(conn, name) is not None
 
 
@@ -327,6 +329,7 @@ def identity_of_refresh_token(conn: Connection, token: str) -> Identity | None:
 def ensure_first_admin(conn: Connection) -> str | None:
     """On a registry without users, create ``admin`` with a random password and return it
     (to be shown once); otherwise None."""
+    take_turns(conn, "first administrator")  # nodes starting together: one creates it
     if id_db.count_users(conn):
         return None
     password = new_secret(18)

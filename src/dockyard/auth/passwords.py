@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hmac
 import secrets
 
@@ -11,9 +12,13 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 
 _hasher = PasswordHasher()
 
-# A hash of a random secret, verified against when the user does not exist, so that a login
-# for an unknown name takes as long as one for a known name.
-_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+
+@functools.cache
+def _dummy_hash() -> str:
+    """A hash of a random secret, verified against when the user does not exist, so that a
+    login for an unknown name takes as long as one for a known name (made on first use: a
+    hash costs as much as a login, and most processes never need one)."""
+    return _hasher.hash(secrets.token_urlsafe(16))
 
 
 def hash_password(password: str) -> str:
@@ -30,7 +35,7 @@ def verify_password(stored_hash: str | None, password: str) -> bool:
         except ValueError:
             return False
     try:
-        return _hasher.verify(stored_hash or _DUMMY_HASH, password) and stored_hash is not None
+        return _hasher.verify(stored_hash or _dummy_hash(), password) and stored_hash is not None
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False
 

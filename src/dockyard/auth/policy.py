@@ -7,6 +7,7 @@ public or private (a repository's own setting, else its organization's, else pri
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import Connection
@@ -25,10 +26,16 @@ ROLES: dict[str, frozenset[str]] = {
 MANAGING_ROLES = frozenset({"owner", "admin"})
 
 
+# The registry mirror's view of a name (dockyard.mirror.service.ProxyService.access_alias):
+# the proxied repository it stands for and whether its upstream is public, or None.
+ProxyAlias = Callable[[Connection, str], "tuple[str, bool] | None"]
+
+
 @dataclass(frozen=True, slots=True)
 class Rules:
     anonymous_pull: bool = True  # anonymous users may pull public repositories
     anonymous_push: bool = False  # anyone may push anywhere: only for closed networks
+    proxy_alias: ProxyAlias | None = None  # access to proxied repositories (the mirror)
 
 
 def namespace_of(repository: str) -> str:
@@ -77,10 +84,15 @@ def can_manage(conn: Connection, identity: Identity, namespace: str) -> bool:
 def repository_actions(
     conn: Connection, identity: Identity, repository: str, rules: Rules
 ) -> frozenset[str]:
+    proxy_public = False
+    if rules.proxy_alias is not None:
+        alias = rules.proxy_alias(conn, repository)
+        if alias is not None:  # decided as for the proxied repository, public if upstream is
+            repository, proxy_public = alias
     actions = set(namespace_actions(conn, identity, namespace_of(repository)))
     if rules.anonymous_push:
         actions |= {"pull", "push"}
-    public = is_public(conn, repository)
+    public = proxy_public or is_public(conn, repository)
     if public and (not identity.anonymous or rules.anonymous_pull):
         actions.add("pull")
     if identity.permissions is not None:

@@ -27,8 +27,9 @@ from dockyard.auth.identities import (
 )
 from dockyard.auth.keys import KeyRing
 from dockyard.auth.policy import Rules, repository_actions
+from dockyard.auth.redis_throttle import rate_buckets
 from dockyard.auth.scopes import Scope
-from dockyard.auth.throttle import Buckets, LoginBrake
+from dockyard.auth.throttle import LoginBrake
 from dockyard.db import identities as id_db
 from dockyard.oci.errors import Denied, TooManyRequests, Unauthorized
 from dockyard.registry.context import Context
@@ -71,7 +72,7 @@ class AuthService:
         self.policy = policy
         self._key_generation: int | None = None
         self.brake = LoginBrake(ctx)
-        self.limits = Buckets(settings.requests_per_second, settings.burst)
+        self.limits = rate_buckets(ctx.redis, settings.requests_per_second, settings.burst)
         self._verified: dict[str, tokens.AccessToken] = {}
         self._passwords: dict[str, tuple[int | None, Identity]] = {}
 

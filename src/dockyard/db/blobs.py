@@ -43,29 +43,43 @@ def unlink(conn: Connection, repository_id: int, digest: str) -> bool:
     return result.rowcount > 0
 
 
-def linked_size(conn: Connection, repository_id: int, digest: str) -> int | None:
-    """The blob's size when it is linked to the repository, else None."""
-    return conn.execute(
+def linked_size(
+    conn: Connection, repository_id: int, digest: str, *, lock: bool = False
+) -> int | None:
+    """The blob's size when it is linked to the repository, else None. ``lock``: keep the
+    link share-locked until the transaction ends (it cannot be collected meanwhile)."""
+    query = (
         select(blobs.c.size)
         .join(repository_blobs, repository_blobs.c.digest == blobs.c.digest)
         .where(
             repository_blobs.c.repository_id == repository_id,
             repository_blobs.c.digest == digest,
         )
-    ).scalar()
+    )
+    if lock:
+        query = query.with_for_update(read=True, of=repository_blobs)
+    return conn.execute(query).scalar()
 
 
-def linked_digests(conn: Connection, repository_id: int, digests: list[str]) -> set[str]:
-    """Which of ``digests`` are linked to the repository."""
+def linked_digests(
+    conn: Connection, repository_id: int, digests: list[str], *, lock: bool = False
+) -> set[str]:
+    """Which of ``digests`` are linked to the repository. ``lock``: the links found stay
+    share-locked until the transaction ends, so a manifest being stored keeps its blobs
+    (the garbage collector waits for it, then sees the manifest's references)."""
     if not digests:
         return set()
-    rows = conn.execute(
-        select(repository_blobs.c.digest).where(
+    query = (
+        select(repository_blobs.c.digest)
+        .where(
             repository_blobs.c.repository_id == repository_id,
             repository_blobs.c.digest.in_(digests),
         )
+        .order_by(repository_blobs.c.digest)
     )
-    return set(rows.scalars())
+    if lock:
+        query = query.with_for_update(read=True)
+    return set(conn.execute(query).scalars())
 
 
 def size(conn: Connection, digest: str) -> int | None:

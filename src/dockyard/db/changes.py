@@ -15,10 +15,24 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+from typing import Protocol
 
 from sqlalchemy.engine import make_url
 
 _SIZE = 8
+
+
+class Generation(Protocol):
+    """What a read cache asks: has anything changed since? ``ChangeWatcher`` (SQLite, one
+    machine) and ``dockyard.redis_support.RedisChangeWatcher`` (any database, many nodes)."""
+
+    def token(self) -> int | None:
+        """The current generation, or None when changes cannot be watched (do not cache)."""
+
+    def bump(self) -> None:
+        """Announce a committed change to every process (call after each commit)."""
+
+    def close(self) -> None: ...
 
 
 class ChangeWatcher:

@@ -1,5 +1,12 @@
 """Queries of the garbage collector. Every delete re-checks, in its own transaction, that
-nothing references the row any more, so a push that commits first always wins."""
+nothing references the row any more, so a push that commits first always wins.
+
+With concurrent writers (PostgreSQL), each delete first locks the row it is about to
+delete, then re-checks in a new statement: a push that relies on the row holds a lock on
+it until it commits (it share-locks the links and child manifests it references, and
+writes the manifest it tags), so the collector waits for it and its re-check then sees
+the push's references. SQLite runs one writer at a time, where the locks are no-ops.
+"""
 
 from __future__ import annotations
 
@@ -56,6 +63,11 @@ def untagged_manifests(conn: Connection, cutoff: float) -> list[tuple[int, str, 
 
 
 def delete_manifest_if_garbage(conn: Connection, manifest_id: int, cutoff: float) -> bool:
+    locked = conn.execute(
+        select(manifests.c.id).where(manifests.c.id == manifest_id).with_for_update()
+    ).first()
+    if locked is None:
+        return False
     still = conn.execute(
         select(manifests.c.id).where(manifests.c.id == manifest_id, _untagged_unreferenced(cutoff))
     ).first()
@@ -95,6 +107,16 @@ def garbage_links(conn: Connection, cutoff: float) -> list[tuple[int, str]]:
 def delete_link_if_garbage(
     conn: Connection, repository_id: int, digest: str, cutoff: float
 ) -> bool:
+    locked = conn.execute(
+        select(repository_blobs.c.digest)
+        .where(
+            repository_blobs.c.repository_id == repository_id,
+            repository_blobs.c.digest == digest,
+        )
+        .with_for_update()
+    ).first()
+    if locked is None:
+        return False
     result = conn.execute(
         delete(repository_blobs).where(
             repository_blobs.c.repository_id == repository_id,
@@ -124,6 +146,11 @@ def garbage_blobs(conn: Connection, cutoff: float) -> list[tuple[str, int]]:
 
 
 def delete_blob_if_garbage(conn: Connection, digest: str, cutoff: float) -> bool:
+    locked = conn.execute(
+        select(blobs.c.digest).where(blobs.c.digest == digest).with_for_update()
+    ).first()
+    if locked is None:
+        return False
     result = conn.execute(delete(blobs).where(blobs.c.digest == digest, _blob_is_garbage(cutoff)))
     return result.rowcount > 0
 

@@ -84,13 +84,22 @@ def namespace_repository_count(conn: Connection, namespace: str) -> int:
     )
 
 
-def repository_usage(conn: Connection) -> list[tuple[str, int, int]]:
-    """(repository, blob bytes, manifest bytes) for every repository."""
+def repository_usage(
+    conn: Connection, namespace: str | None = None, repository: str | None = None
+) -> list[tuple[str, int, int]]:
+    """(repository, blob bytes, manifest bytes) for every repository (of ``namespace``, or
+    just ``repository``, when given)."""
+    where: list[ColumnElement[bool]] = []
+    if namespace is not None:
+        where.append(_in_namespace(namespace))
+    if repository is not None:
+        where.append(repositories.c.name == repository)
     blob_bytes = dict(
         conn.execute(
             select(repositories.c.name, func.sum(blobs.c.size))
             .join(repository_blobs, repository_blobs.c.repository_id == repositories.c.id)
             .join(blobs, blobs.c.digest == repository_blobs.c.digest)
+            .where(*where)
             .group_by(repositories.c.name)
         ).all()
     )
@@ -98,6 +107,7 @@ def repository_usage(conn: Connection) -> list[tuple[str, int, int]]:
         conn.execute(
             select(repositories.c.name, func.sum(manifests.c.size))
             .join(manifests, manifests.c.repository_id == repositories.c.id)
+            .where(*where)
             .group_by(repositories.c.name)
         ).all()
     )
@@ -114,12 +124,16 @@ def stored_bytes(conn: Connection) -> tuple[int, int]:
     return int(blob_total or 0), int(manifest_total or 0)
 
 
-def get_quota(conn: Connection, namespace: str) -> Quota | None:
-    row = conn.execute(
-        select(quotas.c.namespace, quotas.c.max_bytes, quotas.c.max_repositories).where(
-            quotas.c.namespace == namespace
-        )
-    ).first()
+def get_quota(conn: Connection, namespace: str, *, lock: bool = False) -> Quota | None:
+    """The namespace's quota. ``lock``: hold its row until the transaction ends, so that
+    transactions checking the same quota take turns (on PostgreSQL; SQLite writers always
+    do), and each sees the usage the previous ones committed."""
+    query = select(quotas.c.namespace, quotas.c.max_bytes, quotas.c.max_repositories).where(
+        quotas.c.namespace == namespace
+    )
+    if lock:
+        query = query.with_for_update()
+    row = conn.execute(query).first()
     return Quota(row[0], row[1], row[2]) if row else None
 
 
@@ -243,4 +257,15 @@ def add_policy(conn: Connection, repository_pattern: str, rules: dict[str, Any])
 
 def remove_policy(conn: Connection, policy_id: int) -> bool:
     result = conn.execute(delete(retention_policies).where(retention_policies.c.id == policy_id))
+    return result.rowcount > 0
+
+
+def update_policy(
+    conn: Connection, policy_id: int, repository_pattern: str, rules: dict[str, Any]
+) -> bool:
+    result = conn.execute(
+        update(retention_policies)
+        .where(retention_policies.c.id == policy_id)
+        .values(repository_pattern=repository_pattern, rules=json.dumps(rules))
+    )
     return result.rowcount > 0

@@ -7,9 +7,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, delete, select, update
 
-from dockyard.db.dialect import insert_ignore
+from dockyard.db.dialect import insert_ignore, insert_ignore_returning
 from dockyard.db.schema import manifest_references, manifests, tags
 
 
@@ -33,12 +33,17 @@ class Referrer:
 _COLUMNS = (manifests.c.id, manifests.c.digest, manifests.c.media_type, manifests.c.content)
 
 
-def by_digest(conn: Connection, repository_id: int, digest: str) -> StoredManifest | None:
-    row = conn.execute(
-        select(*_COLUMNS).where(
-            manifests.c.repository_id == repository_id, manifests.c.digest == digest
-        )
-    ).first()
+def by_digest(
+    conn: Connection, repository_id: int, digest: str, *, lock: bool = False
+) -> StoredManifest | None:
+    """The manifest; ``lock``: and hold its row until the transaction ends, so that no
+    concurrent transaction changes or deletes it meanwhile."""
+    query = select(*_COLUMNS).where(
+        manifests.c.repository_id == repository_id, manifests.c.digest == digest
+    )
+    if lock:
+        query = query.with_for_update()
+    row = conn.execute(query).first()
     return StoredManifest(*row) if row else None
 
 
@@ -51,15 +56,22 @@ def by_tag(conn: Connection, repository_id: int, tag: str) -> StoredManifest | N
     return StoredManifest(*row) if row else None
 
 
-def existing_digests(conn: Connection, repository_id: int, digests: list[str]) -> set[str]:
+def existing_digests(
+    conn: Connection, repository_id: int, digests: list[str], *, lock: bool = False
+) -> set[str]:
+    """Which of ``digests`` are manifests of the repository. ``lock``: their rows stay
+    share-locked until the transaction ends, so an index being pushed keeps its children
+    (the garbage collector waits for it, then sees the index)."""
     if not digests:
         return set()
-    rows = conn.execute(
-        select(manifests.c.digest).where(
-            manifests.c.repository_id == repository_id, manifests.c.digest.in_(digests)
-        )
+    query = (
+        select(manifests.c.digest)
+        .where(manifests.c.repository_id == repository_id, manifests.c.digest.in_(digests))
+        .order_by(manifests.c.digest)
     )
-    return set(rows.scalars())
+    if lock:
+        query = query.with_for_update(read=True)
+    return set(conn.execute(query).scalars())
 
 
 def store(
@@ -75,28 +87,42 @@ def store(
     blob_digests: list[str],
     manifest_digests: list[str],
 ) -> int:
-    """Store the manifest (idempotent on digest) with its references; return its id."""
-    existing = by_digest(conn, repository_id, digest)
-    if existing is not None:  # pushed again: young again (the GC grace period counts from now)
-        conn.execute(
-            update(manifests).where(manifests.c.id == existing.id).values(created_at=time.time())
+    """Store the manifest (idempotent on digest) with its references; return its id.
+
+    The manifest's row is written either way (inserted, or its age refreshed: pushed
+    again, it is young again for the GC grace period), so it stays locked until the
+    transaction ends: a concurrent delete or collection of it waits, then sees the tags
+    this transaction adds. Two transactions storing the same new manifest at once: one
+    inserts, the other waits for it and then refreshes the row it committed."""
+    while True:
+        existing = conn.execute(
+            update(manifests)
+            .where(manifests.c.repository_id == repository_id, manifests.c.digest == digest)
+            .values(created_at=time.time())
+            .returning(manifests.c.id)
+        ).scalar()
+        if existing is not None:
+            return int(existing)
+        inserted = insert_ignore_returning(
+            conn,
+            manifests,
+            {
+                "repository_id": repository_id,
+                "digest": digest,
+                "media_type": media_type,
+                "artifact_type": artifact_type,
+                "subject_digest": subject_digest,
+                "annotations": json.dumps(annotations) if annotations else None,
+                "size": len(content),
+                "content": content,
+                "created_at": time.time(),
+            },
+            ["repository_id", "digest"],
+            "id",
         )
-        return existing.id
-    result = conn.execute(
-        insert(manifests).values(
-            repository_id=repository_id,
-            digest=digest,
-            media_type=media_type,
-            artifact_type=artifact_type,
-            subject_digest=subject_digest,
-            annotations=json.dumps(annotations) if annotations else None,
-            size=len(content),
-            content=content,
-            created_at=time.time(),
-        )
-    )
-    assert result.inserted_primary_key is not None
-    manifest_id = int(result.inserted_primary_key[0])
+        if inserted is not None:
+            break
+    manifest_id = int(inserted)
     references = [(d, "blob") for d in dict.fromkeys(blob_digests)]
     references += [(d, "manifest") for d in dict.fromkeys(manifest_digests)]
     for ref_digest, kind in references:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import time
 
-from sqlalchemy import Connection, exists, insert, select
+from sqlalchemy import Connection, exists, select
 
+from dockyard.db.dialect import insert_ignore
 from dockyard.db.schema import manifests, repositories
 
 
@@ -14,13 +15,18 @@ def get_id(conn: Connection, name: str) -> int | None:
 
 
 def ensure(conn: Connection, name: str) -> int:
-    """The repository's id, creating the repository if needed (inside a write transaction)."""
+    """The repository's id, creating the repository if needed (inside a write transaction).
+
+    Safe when concurrent transactions create the same repository: the insert ignores the
+    conflict (on PostgreSQL it waits for the other transaction and, once that commits,
+    the lookup after it sees the row)."""
     repository_id = get_id(conn, name)
     if repository_id is not None:
         return repository_id
-    result = conn.execute(insert(repositories).values(name=name, created_at=time.time()))
-    assert result.inserted_primary_key is not None
-    return int(result.inserted_primary_key[0])
+    insert_ignore(conn, repositories, {"name": name, "created_at": time.time()}, ["name"])
+    repository_id = get_id(conn, name)
+    assert repository_id is not None
+    return repository_id
 
 
 def list_names(conn: Connection, last: str | None, limit: int | None) -> list[str]:

@@ -19,11 +19,17 @@ from sqlalchemy import (
 
 metadata = MetaData()
 
+
+def _bytewise(length: int) -> String:
+    """A name compared and sorted bytewise on every database (migration 0006)."""
+    return String(length).with_variant(String(length, collation="C"), "postgresql")
+
+
 repositories = Table(
     "repositories",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("name", String(255), nullable=False, unique=True),
+    Column("name", _bytewise(255), nullable=False, unique=True),
     Column("created_at", Float, nullable=False),
 )
 
@@ -94,7 +100,7 @@ tags = Table(
         ForeignKey("repositories.id", ondelete="CASCADE"),
         primary_key=True,
     ),
-    Column("name", String(128), primary_key=True),
+    Column("name", _bytewise(128), primary_key=True),
     Column(
         "manifest_id",
         Integer,

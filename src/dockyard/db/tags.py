@@ -6,7 +6,7 @@ import time
 
 from sqlalchemy import Connection, delete, select
 
-from dockyard.db.dialect import upsert
+from dockyard.db.dialect import insert_ignore, upsert
 from dockyard.db.schema import tags
 
 
@@ -24,6 +24,29 @@ def set_tag(conn: Connection, repository_id: int, name: str, manifest_id: int) -
         ["repository_id", "name"],
         ["manifest_id", "updated_at"],
     )
+
+
+def claim(conn: Connection, repository_id: int, name: str, manifest_id: int) -> int | None:
+    """Create the tag pointing at the manifest and return None; or, when the tag exists,
+    lock its row until the transaction ends and return the manifest it points at, so the
+    caller decides whether it may move (``set_tag``) with no concurrent move in between.
+    """
+    current = select(tags.c.manifest_id).where(
+        tags.c.repository_id == repository_id, tags.c.name == name
+    )
+    while True:
+        pointed = conn.execute(current.with_for_update()).scalar()
+        if pointed is not None:
+            return int(pointed)
+        values = {
+            "repository_id": repository_id,
+            "name": name,
+            "manifest_id": manifest_id,
+            "updated_at": time.time(),
+        }
+        if insert_ignore(conn, tags, values, ["repository_id", "name"]):
+            return None
+        # created by a concurrent transaction since the lookup: lock that one
 
 
 def remove(conn: Connection, repository_id: int, name: str) -> bool:

@@ -1,5 +1,6 @@
 """The management API under /api/v1 (users, organizations, members, robots, tokens,
-repository visibility, audit log) and its OpenAPI document.
+repository visibility, audit log; the storage lifecycle in ``api_lifecycle``) and its
+OpenAPI document.
 
 Handlers are thin: the route table below says what each endpoint takes; a handler calls
 ``auth.administration`` (which decides who may do what, inside one transaction), writes
@@ -25,9 +26,13 @@ from dockyard.auth.management import ManagementError, parse_permissions
 from dockyard.auth.policy import ROLES, Rules
 from dockyard.auth.service import AuthService
 from dockyard.http import api_routes as r
+from dockyard.http.api_lifecycle import LIFECYCLE_ENDPOINTS
+from dockyard.http.api_mirror import MIRROR_ENDPOINTS
 from dockyard.http.api_routes import ApiError, Call, Endpoint
 from dockyard.http.messages import Request, Response, json_response
+from dockyard.mirror.service import ProxyService
 from dockyard.oci.errors import RegistryError
+from dockyard.registry.gc import GcPolicy
 from dockyard.registry.service import Registry
 
 log = logging.getLogger("dockyard.api")
@@ -40,10 +45,14 @@ NEEDS_AUTH = (
 
 
 class ManagementAPI:
-    def __init__(self, registry: Registry, auth: AuthService | None) -> None:
+    def __init__(
+        self, registry: Registry, auth: AuthService | None, gc_policy: GcPolicy | None = None
+    ) -> None:
         self.registry = registry
         self.auth = auth
+        self.gc_policy = gc_policy or GcPolicy()  # what POST /api/v1/gc runs by default
         self._document: bytes | None = None
+        self.proxy_service: ProxyService | None = None  # the registry mirror, when it is on
 
     async def handle(self, request: Request) -> Response:
         try:
@@ -663,3 +672,6 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         ),
     ),
 )
+
+ENDPOINTS += LIFECYCLE_ENDPOINTS  # quotas, immutability, retention, usage, gc
+ENDPOINTS += MIRROR_ENDPOINTS  # the registry mirror's upstreams

@@ -18,6 +18,7 @@ from typing import Any
 from dockyard.auth.administration import GLOB_PATTERN
 from dockyard.auth.identities import ACTIONS, Identity
 from dockyard.auth.policy import ROLES
+from dockyard.http.lifecycle_schemas import LIFECYCLE_SCHEMAS
 from dockyard.http.messages import DRAIN_LIMIT, Request, Response, json_response
 from dockyard.oci.names import MAX_NAME_LENGTH
 from dockyard.oci.names import NAME_PATTERN as REPOSITORY_NAME_PATTERN
@@ -132,6 +133,15 @@ def _is_list(value: Any) -> bool:
     return isinstance(value, list)
 
 
+def _is_integer(value: Any) -> bool:
+    # JSON has one kind of number: 3.0 is the whole number 3 (JSON Schema agrees)
+    return _is_number(value) and float(value).is_integer()
+
+
+def _is_text_list(value: Any) -> bool:
+    return isinstance(value, list) and all(_is_text(item) for item in value)
+
+
 def text(name: str, description: str, required: bool = False, **schema: Any) -> BodyField:
     return BodyField(
         name,
@@ -150,6 +160,25 @@ def flag(name: str, description: str, required: bool = False) -> BodyField:
 def number(name: str, description: str, required: bool = False, **schema: Any) -> BodyField:
     return BodyField(
         name, {"type": "number", **schema}, _is_number, "a number", required, description
+    )
+
+
+def integer(name: str, description: str, required: bool = False, **schema: Any) -> BodyField:
+    """A whole number (the handler takes ``int()`` of it)."""
+    return BodyField(
+        name, {"type": "integer", **schema}, _is_integer, "a whole number", required, description
+    )
+
+
+def text_list(name: str, description: str, required: bool = False, **schema: Any) -> BodyField:
+    """A list of strings; ``schema`` applies to each."""
+    return BodyField(
+        name,
+        {"type": "array", "maxItems": 50, "items": {"type": "string", **schema}},
+        _is_text_list,
+        "a list of strings",
+        required,
+        description,
     )
 
 
@@ -350,6 +379,8 @@ PATH_PARAMS: dict[str, str] = {
         "a repository name; it contains slashes (team/app), which may be sent as they are "
         "or percent-encoded"
     ),
+    "rule_id": "the id of an immutability rule of the namespace",
+    "policy_id": "the id of a retention policy of the namespace",
 }
 
 
@@ -359,6 +390,8 @@ PATH_SCHEMAS: dict[str, dict[str, Any]] = {
         "pattern": f"^{REPOSITORY_NAME_PATTERN}$",
         "maxLength": MAX_NAME_LENGTH,
     },
+    "rule_id": {"type": "integer", "minimum": 1, "maximum": 2**62},
+    "policy_id": {"type": "integer", "minimum": 1, "maximum": 2**62},
 }
 
 
@@ -616,14 +649,16 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             },
         },
     },
+    **LIFECYCLE_SCHEMAS,
 }
 
 _ERROR_TEXT = {
     400: "bad input: the message says what",
     401: "no or bad credentials",
     403: "the caller may not do this",
-    404: "no such user, organization, robot, token or repository",
-    409: "a conflict with what exists: a taken name, the last owner or administrator",
+    404: "no such user, organization, robot, token, repository, quota, rule or policy",
+    409: "a conflict with what exists: a taken name, the last owner or administrator, "
+    "an existing rule",
     413: "the body is larger than 64 KiB",
     429: "too many requests or failed logins; see Retry-After",
 }
@@ -709,7 +744,9 @@ def openapi_document(endpoints: Sequence[Endpoint], version: str) -> dict[str, A
             "version": version,
             "description": (
                 "Users, organizations and members, robot accounts, personal access tokens, "
-                "repository visibility and the audit log of a Dockyard registry. JSON in, "
+                "repository visibility, the audit log, quotas, tag immutability rules, "
+                "retention policies, storage usage and garbage collection of a Dockyard "
+                "registry. JSON in, "
                 'JSON out; errors are {"error": code, "message": text}. Authenticate with '
                 "Basic credentials (a user's password, a robot's secret, or a user name "
                 "with a personal access token) or a Bearer token from /auth/token. Only a "

@@ -3,37 +3,46 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import signal
+import ssl
 import sys
 import time
 from typing import Any
 
+from aiohttp import web
 from sqlalchemy import func, select
 
 from dockyard.auth.external import ExternalAuthService, NoTokenEndpoint
 from dockyard.auth.policy import Rules
 from dockyard.auth.service import AuthService, AuthSettings, Caller
-from dockyard.config import Settings
+from dockyard.config import Settings, parse_listen
 from dockyard.db.schema import uploads
-from dockyard.http import metrics
+from dockyard.http import metrics, sendfile
 from dockyard.http.access import authorize
 from dockyard.http.api import ManagementAPI
 from dockyard.http.messages import (
     API_VERSION_HEADER,
+    DRAIN_LIMIT,
     Request,
     Response,
     error_response,
     json_response,
 )
 from dockyard.http.routes import Router
+from dockyard.http.sendfile import BlobLinks
 from dockyard.http.token import RefreshTokens, TokenEndpoint
 from dockyard.http.v2_blobs import BlobEndpoints
 from dockyard.http.v2_manifests import ListingEndpoints, ManifestEndpoints
-from dockyard.oci.errors import MethodNotAllowed, NotFound, RegistryError
+from dockyard.http.v2_proxy import ProxyEndpoints, build_proxy, metric_families
+from dockyard.mirror import stats as mirror_stats
+from dockyard.oci.errors import MethodNotAllowed, NotFound, RegistryError, Unavailable
+from dockyard.registry.availability import backend_unavailable
 from dockyard.registry.cache import ReadCache
+from dockyard.registry.gc import GcPolicy
 from dockyard.registry.service import Registry
 from dockyard.registry.usage import usage
 
@@ -62,8 +71,25 @@ class _CountingBody:
             yield chunk
 
 
-def build_router(registry: Registry) -> Router:
-    blobs = BlobEndpoints(registry)
+def sendfile_links(settings: Settings) -> BlobLinks | None:
+    """The signed-link maker of the sendfile port, when it is on."""
+    if settings.sendfile_listen is None:
+        return None
+    if settings.sendfile_secret is None:
+        raise RuntimeError("sendfile_secret must be set before workers start (serve sets it)")
+    return BlobLinks(
+        secret=settings.sendfile_secret.encode(),
+        port=parse_listen(settings.sendfile_listen)[1],
+        ttl_seconds=settings.sendfile_link_seconds,
+        base_url=settings.sendfile_url,
+        scheme="https" if settings.tls_cert else "http",
+    )
+
+
+def build_router(
+    registry: Registry, links: BlobLinks | None = None, redirect_min_bytes: int = 0
+) -> Router:
+    blobs = BlobEndpoints(registry, links, redirect_min_bytes)
     manifests = ManifestEndpoints(registry)
     listings = ListingEndpoints(registry)
     router = Router()
@@ -114,12 +140,17 @@ class App:
         self.token_endpoint: TokenEndpoint | NoTokenEndpoint | None = None
         self.api: ManagementAPI | None = None
         self.router: Router | None = None
+        self.proxy: ProxyEndpoints | None = None  # the registry mirror, with upstreams
         self.access_log = settings.access_log
+        self.links: BlobLinks | None = None
+        self.sendfile: web.AppRunner | None = None  # the sendfile port, when on
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.registry = Registry.from_settings(self.settings)
-        self.router = build_router(self.registry)
+        self.links = sendfile_links(self.settings)
+        self.router = build_router(self.registry, self.links, self.settings.sendfile_min_bytes)
         self.cache = self.registry.ctx.cache
+        self.proxy = build_proxy(self.settings, self.registry, self.router)
         if self.settings.auth:
             settings = self.settings
             auth_settings = AuthSettings(
@@ -127,7 +158,11 @@ class App:
                 issuer=settings.token_issuer,
                 token_ttl_seconds=settings.token_ttl_seconds,
                 realm=settings.token_realm,
-                rules=Rules(settings.anonymous_pull, settings.anonymous_push),
+                rules=Rules(
+                    settings.anonymous_pull,
+                    settings.anonymous_push,
+                    self.proxy.service.access_alias if self.proxy is not None else None,
+                ),
                 requests_per_second=settings.rate_limit_per_second,
                 burst=settings.rate_limit_burst,
             )
@@ -145,11 +180,31 @@ class App:
                     self.registry.ctx, auth_settings, settings.resolved_keys_dir
                 )
                 self.token_endpoint = TokenEndpoint(self.auth, RefreshTokens(self.auth))
-        self.api = ManagementAPI(self.registry, self.auth)
+        self.api = ManagementAPI(
+            self.registry,
+            self.auth,
+            GcPolicy(self.settings.gc_grace_seconds, self.settings.gc_delete_untagged),
+        )
+        if self.proxy is not None:
+            self.api.proxy_service = self.proxy.service
         self._tasks = [
             loop.create_task(self.housekeeping()),
             loop.create_task(self.flush_metrics()),
         ]
+        if self.links is not None:
+            self._tasks.append(loop.create_task(self.serve_sendfile_port(self.links)))
+
+    async def serve_sendfile_port(self, links: BlobLinks) -> None:
+        assert self.registry is not None and self.settings.sendfile_listen is not None
+        host, port = parse_listen(self.settings.sendfile_listen)
+        context = None
+        if self.settings.tls_cert and self.settings.tls_key:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            context.load_cert_chain(self.settings.tls_cert, self.settings.tls_key)
+        self.sendfile = await sendfile.start_server(
+            links, self.registry.ctx.store, host, port, context
+        )
 
     async def housekeeping(self) -> None:
         """Purge stale uploads now and then (every worker may; the purge is idempotent)."""
@@ -176,6 +231,7 @@ class App:
             await asyncio.sleep(1.0)
             try:
                 metrics.flush()
+                mirror_stats.flush()
             except OSError:
                 log.exception("writing metrics failed")
             try:
@@ -191,6 +247,7 @@ class App:
         for task in self._tasks:
             task.cancel()
         metrics.flush()
+        mirror_stats.flush()
         if self.registry is not None:
             self.registry.close()
 
@@ -228,15 +285,24 @@ class App:
             response, route_name = await self.handle(request, key)
         except RegistryError as error:
             response = error_response(error)
-        except Exception:
-            log.exception("unhandled error on %s %s", method, request.path[:200])
-            response = json_response(
-                500,
-                {"errors": [{"code": "UNKNOWN", "message": "internal server error"}]},
-            )
+        except Exception as exc:
+            if backend_unavailable(exc):
+                log.warning("backend unavailable on %s %s: %r", method, request.path[:200], exc)
+                response = error_response(
+                    Unavailable("the database or the blob storage is unreachable; try again")
+                )
+            else:
+                log.exception("unhandled error on %s %s", method, request.path[:200])
+                response = json_response(
+                    500,
+                    {"errors": [{"code": "UNKNOWN", "message": "internal server error"}]},
+                )
         if key is not None and response.cacheable:
             self.cache.put(key, (response, route_name), token)
-        sent = self.send(proto, method, response)
+        if response.stream is not None and method != "HEAD":
+            sent = await self.send_stream(proto, response)
+        else:
+            sent = self.send(proto, method, response)
         self.record(scope, route_name, response.status, body.count, sent, started)
 
     def record(
@@ -266,10 +332,16 @@ class App:
         try:
             route, handler, params = self.router.match(request)
             route_name = route.name
+            checked = params
+            if self.proxy is not None:  # a proxied repository? (the registry mirror)
+                proxied = await self.proxy.route(request, route_name, params)
+                if proxied is not None:
+                    handler, checked = proxied
+                    key = None  # not from the read cache: tags are revalidated
             caller = None
             if self.auth is not None:
                 try:
-                    caller = await authorize(self.auth, request, route_name, params)
+                    caller = await authorize(self.auth, request, route_name, checked)
                 except RegistryError:
                     # read what the client is still sending, so that it gets the 401/403
                     # rather than a reset connection
@@ -284,6 +356,13 @@ class App:
                 await self.audit_change(request, route_name, params, caller)
             return response, route_name
         except RegistryError as error:
+            if isinstance(request.body, _CountingBody) and request.body.count == 0:
+                # refused before reading a body of a sane size (413 on Content-Length, say):
+                # read it, so the client gets the answer rather than a reset connection
+                with contextlib.suppress(RegistryError):
+                    declared = request.content_length()
+                    if declared is not None and 0 < declared <= DRAIN_LIMIT:
+                        await request.drain()
             return error_response(error), route_name
 
     async def audit_change(
@@ -320,7 +399,9 @@ class App:
         if request.path == "/metrics":
             registry = self.registry
             body, content_type = await registry.ctx.run(
-                lambda: metrics.render(lambda: _registry_gauges(registry))
+                lambda: metrics.render(
+                    lambda: _registry_gauges(registry) + metric_families(self.proxy)
+                )
             )
             return Response(200, [("Content-Type", content_type)], body)
         return error_response_for_unknown(request)
@@ -344,6 +425,31 @@ class App:
             return end - start
         proto.response_bytes(response.status, headers, response.body)
         return len(response.body)
+
+    async def send_stream(self, proto: Any, response: Response) -> int:
+        """A body sent as it is read (a blob from a store without local files)."""
+        assert response.stream is not None
+        headers = [API_VERSION_HEADER, *response.headers]
+        if response.content_length is not None:
+            headers.append(("Content-Length", str(response.content_length)))
+        transport = proto.response_stream(response.status, headers)
+        sent = 0
+        try:
+            async for chunk in response.stream:
+                await transport.send_bytes(chunk)
+                sent += len(chunk)
+        except Exception as exc:
+            # the headers are out: all that is left is to cut the body short, which the
+            # client sees (fewer bytes than Content-Length)
+            log.warning("streamed body cut after %d bytes: %r", sent, exc)
+            # the traceback holds this frame, hence the transport: an exception someone
+            # else keeps (a task's) would keep the connection open until garbage collection
+            exc.__traceback__ = None
+        finally:
+            close = getattr(response.stream, "aclose", None)
+            if close is not None:
+                await close()
+        return sent
 
 
 def error_response_for_unknown(request: Request) -> Response:

@@ -125,6 +125,8 @@ class Response:
     file: str | None = None
     file_range: tuple[int, int] | None = None  # [start, end) of ``file``
     content_length: int | None = None  # for HEAD: the length a GET would send
+    # a body sent as it comes (``content_length`` bytes; never for HEAD, never cached)
+    stream: AsyncIterator[bytes] | None = field(default=None, repr=False)
     cacheable: bool = False  # the same request gets the same answer until the data changes
     pulled: tuple[str, str] | None = None  # (repository, tag) a GET of this pulled
 

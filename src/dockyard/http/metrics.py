@@ -163,9 +163,46 @@ def registry_gauges(uploads_in_progress: int, usage: Any) -> list[GaugeMetricFam
         "Bytes of a namespace's distinct blobs and manifests (what its quota counts)",
         labels=["namespace"],
     )
+    logical = GaugeMetricFamily(
+        "dockyard_namespace_logical_bytes",
+        "Bytes of a namespace's repositories, each counted in full (shared blobs once per "
+        "repository)",
+        labels=["namespace"],
+    )
+    repositories = GaugeMetricFamily(
+        "dockyard_namespace_repositories",
+        "Repositories of a namespace",
+        labels=["namespace"],
+    )
+    quota_bytes = GaugeMetricFamily(
+        "dockyard_namespace_quota_bytes",
+        "The byte quota of a namespace (only namespaces that have one)",
+        labels=["namespace"],
+    )
+    quota_repositories = GaugeMetricFamily(
+        "dockyard_namespace_quota_repositories",
+        "The repository quota of a namespace (only namespaces that have one)",
+        labels=["namespace"],
+    )
     for row in usage.namespaces:
-        namespaces.add_metric([row["namespace"]], row["stored_bytes"])
-    return [uploads, storage, namespaces]
+        label = [row["namespace"]]
+        namespaces.add_metric(label, row["stored_bytes"])
+        logical.add_metric(label, row["logical_bytes"])
+        repositories.add_metric(label, row["repositories"])
+        quota = row["quota"] or {}
+        if quota.get("bytes") is not None:
+            quota_bytes.add_metric(label, quota["bytes"])
+        if quota.get("repositories") is not None:
+            quota_repositories.add_metric(label, quota["repositories"])
+    return [
+        uploads,
+        storage,
+        namespaces,
+        logical,
+        repositories,
+        quota_bytes,
+        quota_repositories,
+    ]
 
 
 def render(gauges: Callable[[], list[GaugeMetricFamily]]) -> tuple[bytes, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dockyard.http.messages import Request, Response
+from dockyard.http.sendfile import BlobLinks
 from dockyard.oci.digest import parse_digest
 from dockyard.oci.errors import DigestInvalid, RangeInvalid
 from dockyard.oci.names import validate_name
@@ -11,8 +12,12 @@ from dockyard.registry.uploads import UploadStatus, check_content_range
 
 
 class BlobEndpoints:
-    def __init__(self, registry: Registry) -> None:
+    def __init__(
+        self, registry: Registry, links: BlobLinks | None = None, redirect_min_bytes: int = 0
+    ) -> None:
         self.registry = registry
+        self.links = links  # zero-copy downloads through the sendfile port, when on
+        self.redirect_min_bytes = redirect_min_bytes
 
     # GET/HEAD/DELETE /v2/<name>/blobs/<digest>
 
@@ -28,6 +33,24 @@ class BlobEndpoints:
         ]
         if etag in (request.header("if-none-match") or ""):
             return Response(304, headers)
+        if (
+            self.links is not None
+            and request.method == "GET"
+            and blob.path is not None
+            and blob.size >= self.redirect_min_bytes
+        ):
+            location = self.links.url(blob.digest, request.header("host"))
+            return Response(
+                307,
+                [
+                    ("Docker-Content-Digest", blob.digest),
+                    ("Location", location),
+                    ("Cache-Control", "no-store"),  # the link expires
+                    ("Content-Length", "0"),
+                ],
+            )
+        if blob.path is None:
+            return await self._remote(request, blob.digest, blob.size, headers)
         headers.append(("Content-Type", "application/octet-stream"))
         byte_range = _parse_range(request.header("range"), blob.size)
         if byte_range is None:
@@ -43,6 +66,37 @@ class BlobEndpoints:
         headers.append(("Content-Range", f"bytes {start}-{end - 1}/{blob.size}"))
         return Response(
             206, headers, file=blob.path, file_range=(start, end), content_length=end - start
+        )
+
+    async def _remote(
+        self, request: Request, digest: str, size: int, headers: list[tuple[str, str]]
+    ) -> Response:
+        """A blob in a store without local files (S3): a GET is redirected to the store
+        when it gives URLs and redirects are on, else streamed through; HEAD never
+        redirects. Not cacheable: the URL expires, and a stream is read once."""
+        byte_range = _parse_range(request.header("range"), size)
+        if request.method == "GET":
+            location = await self.registry.blobs.url(digest)
+            if location is not None:
+                return Response(
+                    307,
+                    [
+                        ("Docker-Content-Digest", digest),
+                        ("Location", location),
+                        ("Cache-Control", "no-store"),
+                        ("Content-Length", "0"),
+                    ],
+                )
+        headers.append(("Content-Type", "application/octet-stream"))
+        start, end = (0, size) if byte_range is None else byte_range
+        if byte_range is not None:
+            headers.append(("Content-Range", f"bytes {start}-{end - 1}/{size}"))
+        stream = self.registry.blobs.read(digest, start, end) if request.method == "GET" else None
+        return Response(
+            200 if byte_range is None else 206,
+            headers,
+            content_length=end - start,
+            stream=stream,
         )
 
     async def delete(self, request: Request, name: str, digest: str) -> Response:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from sqlalchemy import Connection
@@ -40,6 +43,30 @@ class Blobs:
             raise BlobUnknown(detail={"digest": digest})
         return BlobInfo(digest, size, self.ctx.store.blob_path(digest))
 
+    async def url(self, digest: str) -> str | None:
+        """Where to redirect a GET of the blob (a presigned URL), or None to serve it here:
+        redirects are off or the store has no URLs."""
+        seconds = self.ctx.redirect_seconds
+        if seconds <= 0:
+            return None
+        return await self.ctx.run(lambda: self.ctx.store.blob_url(digest, seconds))
+
+    async def read(self, digest: str, start: int, end: int) -> AsyncIterator[bytes]:
+        """The blob's bytes ``[start, end)``, read from the store on a thread (a store without
+        local files, such as S3, answers over the network)."""
+        pieces = iter(self.ctx.store.read_blob(digest, start, end))
+        done = object()
+        try:
+            while True:
+                piece = await self.ctx.run(lambda: next(pieces, done))
+                if piece is done:
+                    return
+                assert isinstance(piece, bytes)
+                yield piece
+        finally:
+            # closing the reader ends its request to the store; not while a thread is in it
+            await asyncio.shield(self.ctx.run(lambda: _close(pieces)))
+
     async def delete(self, name: str, digest: str) -> None:
         """Unlink the blob from the repository; its bytes go when nothing references them."""
         parse_digest(digest)
@@ -57,10 +84,22 @@ class Blobs:
 
         def link(conn: Connection) -> bool:
             source_id = repo_db.get_id(conn, source)
-            if source_id is None or blob_db.linked_size(conn, source_id, digest) is None:
+            if source_id is None:
+                return False
+            # the source's link stays locked until the new one is committed, so the
+            # garbage collector cannot take the blob in between
+            if blob_db.linked_size(conn, source_id, digest, lock=True) is None:
                 return False
             blob_db.link(conn, repo_db.ensure(conn, name), digest)
             enforce_quota(conn, name)
             return True
 
         return await self.ctx.write(link)
+
+
+def _close(pieces: object) -> None:
+    close = getattr(pieces, "close", None)
+    if close is not None:
+        # ValueError: still running in a thread of a cancelled request; it ends on its own
+        with contextlib.suppress(ValueError):
+            close()

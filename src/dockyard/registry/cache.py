@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from dockyard.db.changes import ChangeWatcher
+from dockyard.db.changes import Generation
 
 
 class ReadCache:
-    def __init__(self, watcher: ChangeWatcher, max_entries: int = 50_000) -> None:
+    def __init__(self, watcher: Generation, max_entries: int = 50_000) -> None:
         self._watcher = watcher
         self._max = max_entries
         self._token: int | None = None

@@ -10,8 +10,9 @@ from typing import TypeVar
 
 from sqlalchemy import Connection
 
-from dockyard.db.changes import ChangeWatcher
+from dockyard.db.changes import ChangeWatcher, Generation
 from dockyard.db.engine import Database
+from dockyard.redis_support import RedisChangeWatcher, RedisLink
 from dockyard.registry.cache import ReadCache
 from dockyard.storage.base import BlobStore
 
@@ -32,10 +33,16 @@ class Context:
     executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=16, thread_name_prefix="db")
     )
+    # Redis, when several nodes share the database: the cache generation lives there
+    redis: RedisLink | None = None
+    # blob GETs redirect to a URL from the store valid this long, when it has one; 0: never
+    redirect_seconds: int = 0
     cache: ReadCache = field(init=False)
 
     def __post_init__(self) -> None:
-        self.changes = ChangeWatcher(self.db.url)
+        self.changes: Generation = (
+            ChangeWatcher(self.db.url) if self.redis is None else RedisChangeWatcher(self.redis)
+        )
         self.changes.bump()  # whatever a process that died before announcing did, is seen
         self.cache = ReadCache(self.changes)
 
@@ -76,8 +83,7 @@ class Context:
 
     def _write_sync(self, fn: Callable[[Connection], T], announce: bool = True) -> T:
         try:
-            with self.db.writer.begin() as conn:
-                return fn(conn)
+            return self.db.write(fn)  # run again if PostgreSQL aborts it for a deadlock
         finally:
             if announce:
                 self.changes.bump()  # after the commit (or rollback: a harmless extra bump)

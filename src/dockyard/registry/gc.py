@@ -146,20 +146,24 @@ class GarbageCollector:
         store = self.ctx.store
         files = await self.ctx.run(lambda: list(store.list_blobs()))
         for digest in files:
-            mtime = store.blob_mtime(digest)
-            if mtime is None or mtime >= cutoff:
-                continue
+            # the database first: most files have a row, and asking the store may be a
+            # network round trip (S3), made from a thread
             if await self.ctx.read(partial(gc_db.blob_recorded, digest=digest)):
+                continue
+            mtime = await self.ctx.run(partial(store.blob_mtime, digest))
+            if mtime is None or mtime >= cutoff:
                 continue
             if report.dry_run:
                 report.orphan_files.append(digest)
-                report.bytes_freed += store.stat_blob(digest) or 0
+                stored_size: int | None = await self.ctx.run(partial(store.stat_blob, digest))
+                report.bytes_freed += stored_size or 0
                 continue
             lock = await self.ctx.run(partial(store.lock_blob, digest))
             try:
                 recorded = await self.ctx.read(partial(gc_db.blob_recorded, digest=digest))
                 if not recorded:
-                    size = store.stat_blob(digest) or 0
+                    stored: int | None = await self.ctx.run(partial(store.stat_blob, digest))
+                    size = stored or 0
                     await self.ctx.run(partial(store.delete_blob, digest))
                     report.orphan_files.append(digest)
                     report.bytes_freed += size

@@ -18,10 +18,12 @@ def namespace_of(repository: str) -> str:
 
 def enforce_quota(conn: Connection, repository: str) -> None:
     """Call at the end of a write that adds bytes or a repository: raise (and so roll the
-    transaction back) when the namespace is now over its quota. Writes are serialised, so
-    usage is exact under concurrent pushes."""
+    transaction back) when the namespace is now over its quota. The quota's row is locked
+    first, so concurrent pushes into one namespace check it one after the other, each
+    seeing what the others committed: usage is exact under concurrent pushes (SQLite
+    serialises writers anyway; on PostgreSQL the lock does it)."""
     namespace = namespace_of(repository)
-    quota = life_db.get_quota(conn, namespace)
+    quota = life_db.get_quota(conn, namespace, lock=True)
     if quota is None:
         return
     label = namespace or "(top level)"

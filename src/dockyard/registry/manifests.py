@@ -52,7 +52,10 @@ class Manifests:
         body: bytes,
         content_type: str | None,
         extra_tags: list[str] | None = None,
+        verify_references: bool = True,
     ) -> PushedManifest:
+        """Store a manifest. ``verify_references=False`` is for a pull-through cache, whose
+        repositories get blobs and child manifests lazily, when they are first pulled."""
         if len(body) > self.ctx.limits.max_manifest_bytes:
             raise ManifestTooLarge(
                 f"manifest is {len(body)} bytes; the limit is {self.ctx.limits.max_manifest_bytes}"
@@ -67,7 +70,8 @@ class Manifests:
 
         def store(conn: Connection) -> None:
             repository_id = repo_db.ensure(conn, name)
-            _check_references(conn, repository_id, parsed)
+            if verify_references:
+                _check_references(conn, repository_id, parsed)
             manifest_id = manifest_db.store(
                 conn,
                 repository_id,
@@ -80,9 +84,11 @@ class Manifests:
                 blob_digests=[d.digest for d in parsed.blob_references],
                 manifest_digests=[d.digest for d in parsed.manifests],
             )
-            for tag in tags:
-                current = manifest_db.by_tag(conn, repository_id, tag)
-                if current is not None and current.id != manifest_id:
+            for tag in sorted(tags):  # one order: concurrent pushes lock tags alike
+                current = tag_db.claim(conn, repository_id, tag, manifest_id)
+                if current is None:
+                    continue  # a new tag
+                if current != manifest_id:
                     refuse_if_immutable(conn, name, tag, "moving it to another manifest")
                 tag_db.set_tag(conn, repository_id, tag, manifest_id)
             enforce_quota(conn, name)
@@ -150,7 +156,8 @@ class Manifests:
                 if manifest_db.by_tag(conn, repository_id, reference) is not None:
                     refuse_if_immutable(conn, name, reference, "deleting it")
                 return tag_db.remove(conn, repository_id, reference)
-            stored = manifest_db.by_digest(conn, repository_id, reference)
+            # locked: a concurrent push tagging it waits, and then stores it anew
+            stored = manifest_db.by_digest(conn, repository_id, reference, lock=True)
             if stored is None:
                 return False
             for tag in manifest_db.tags_of(conn, stored.id):
@@ -164,10 +171,11 @@ class Manifests:
 
 def _check_references(conn: Connection, repository_id: int, parsed: ParsedManifest) -> None:
     blob_digests = [d.digest for d in parsed.blob_references]
-    linked = blob_db.linked_digests(conn, repository_id, blob_digests)
+    # locked until the manifest is stored: the garbage collector cannot take them meanwhile
+    linked = blob_db.linked_digests(conn, repository_id, blob_digests, lock=True)
     missing = [d for d in blob_digests if d not in linked]
     child_digests = [d.digest for d in parsed.manifests]
-    present = manifest_db.existing_digests(conn, repository_id, child_digests)
+    present = manifest_db.existing_digests(conn, repository_id, child_digests, lock=True)
     missing += [d for d in child_digests if d not in present]
     if missing:
         raise ManifestBlobUnknown(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fnmatch
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,10 +113,15 @@ class Retention:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
 
-    async def run(self, dry_run: bool = False) -> RetentionReport:
+    async def run(
+        self, dry_run: bool = False, policy_ids: Collection[int] | None = None
+    ) -> RetentionReport:
+        """Apply every policy (or those of ``policy_ids``)."""
         report = RetentionReport(dry_run)
         now = time.time()
         policies = await self.ctx.read(life_db.list_policies)
+        if policy_ids is not None:
+            policies = [p for p in policies if p.id in policy_ids]
         names = await self.ctx.read(life_db.repository_names)
         for policy in policies:
             for repository in names:

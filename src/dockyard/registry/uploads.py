@@ -14,9 +14,10 @@ import hashlib
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import TypeVar
 
 from sqlalchemy import Connection
 
@@ -36,6 +37,7 @@ from dockyard.registry.lifecycle import enforce_quota
 from dockyard.storage.base import BlobLock, BlobStore, UploadBusy, UploadWriter
 
 _MAX_RUNNING_HASHES = 4096
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +73,7 @@ class Uploads:
         try:
             await self.ctx.write(create)
         except BaseException:
-            self.ctx.store.delete_upload(upload_id)
+            await self._store(lambda: self.ctx.store.delete_upload(upload_id))
             raise
         self._hashes[upload_id] = _RunningHash(hash_algorithm, 0, hashlib.new(hash_algorithm))
         return UploadStatus(upload_id, 0)
@@ -90,13 +92,20 @@ class Uploads:
 
     async def status(self, name: str, upload_id: str) -> UploadStatus:
         await self._row(name, upload_id)
-        size = self.ctx.store.upload_size(upload_id)
+        size = await self._store(lambda: self.ctx.store.upload_size(upload_id))
         if size is None:
             raise BlobUploadUnknown(detail={"upload": upload_id})
         return UploadStatus(upload_id, size)
 
-    def _open(self, upload_id: str, start: int | None) -> UploadWriter:
-        size = self.ctx.store.upload_size(upload_id)
+    async def _store(self, fn: Callable[[], T]) -> T:
+        """A blob store call: inline for local files (a system call), from a thread for a
+        remote store (a network round trip that must not hold up the event loop)."""
+        if not self.ctx.store.remote:
+            return fn()
+        return await self.ctx.run(fn)
+
+    async def _open(self, upload_id: str, start: int | None) -> UploadWriter:
+        size = await self._store(lambda: self.ctx.store.upload_size(upload_id))
         if size is None:
             raise BlobUploadUnknown(detail={"upload": upload_id})
         if start is not None and start != size:
@@ -105,7 +114,9 @@ class Uploads:
                 headers={"Range": f"0-{size - 1}" if size else "0-0"},
             )
         try:
-            return self.ctx.store.open_upload(upload_id, size)
+            if not self.ctx.store.remote:
+                return self.ctx.store.open_upload(upload_id, size)
+            return await _open_upload(self.ctx, upload_id, size)
         except UploadBusy:
             raise RangeInvalid(
                 "another request is writing to this upload",
@@ -165,20 +176,23 @@ class Uploads:
             async for chunk in chunks:
                 if not chunk:
                     continue
-                writer.write(chunk)
+                backlog = writer.write(chunk)
                 state.hasher.update(chunk)
                 received += len(chunk)
                 if length is not None and received > length:
                     raise SizeInvalid(
                         "request body is longer than its Content-Length / Content-Range"
                     )
+                if backlog is not None:  # a remote store is still storing earlier bytes
+                    await asyncio.shield(asyncio.wrap_future(backlog))
             if length is not None and received != length:
                 raise SizeInvalid(
                     f"received {received} bytes but the request declared {length}",
                     detail={"declared": length, "received": received},
                 )
+            await self._store(writer.flush)
         except BaseException:
-            writer.rollback()
+            await self._store(writer.rollback)
             self._hashes.pop(upload_id, None)
             raise
         state.offset += received
@@ -193,13 +207,13 @@ class Uploads:
     ) -> UploadStatus:
         """A PATCH: stream a chunk onto the end of the upload."""
         row = await self._row(name, upload_id)
-        writer = self._open(upload_id, start)
+        writer = await self._open(upload_id, start)
         try:
             state = await self._running_hash(upload_id, row.hash_algorithm, writer.size)
             await self._receive(upload_id, writer, state, chunks, length)
             return UploadStatus(upload_id, writer.size)
         finally:
-            writer.close()
+            await self._store(writer.close)
 
     async def finish(
         self,
@@ -213,7 +227,7 @@ class Uploads:
         """The final PUT: take the last chunk, verify digest and size, publish the blob."""
         parsed = parse_digest(digest)
         row = await self._row(name, upload_id)
-        writer = self._open(upload_id, start)
+        writer = await self._open(upload_id, start)
         try:
             if chunks is not None:
                 state = await self._running_hash(upload_id, row.hash_algorithm, writer.size)
@@ -222,7 +236,7 @@ class Uploads:
             state = await self._running_hash(upload_id, parsed.algorithm, size)
             actual = f"{parsed.algorithm}:{state.hasher.copy().hexdigest()}"
             if actual != digest:
-                writer.rollback()
+                await self._store(writer.rollback)
                 raise DigestInvalid(
                     "the uploaded content does not match the digest given",
                     detail={"expected": digest, "actual": actual, "size": size},
@@ -246,12 +260,12 @@ class Uploads:
             self._hashes.pop(upload_id, None)
             return UploadStatus(upload_id, size)
         finally:
-            writer.close()
+            await self._store(writer.close)
 
     async def cancel(self, name: str, upload_id: str) -> None:
         await self._row(name, upload_id)
         await self.ctx.write(lambda conn: upload_db.remove(conn, upload_id))
-        self.ctx.store.delete_upload(upload_id)
+        await self._store(lambda: self.ctx.store.delete_upload(upload_id))
         self._hashes.pop(upload_id, None)
 
     async def purge_stale(self, max_age_seconds: float) -> int:
@@ -269,11 +283,11 @@ class Uploads:
         stale = await self.ctx.run(stale_files)
         rows = await self.ctx.read(lambda conn: upload_db.older_than(conn, cutoff))
         # rows whose bytes are gone (a crash between publishing and committing)
-        orphans = [i for i in rows if store.upload_size(i) is None]
+        orphans = await self.ctx.run(lambda: [i for i in rows if store.upload_size(i) is None])
         victims = sorted(set(stale) | set(orphans))
         for upload_id in victims:
             await self.ctx.write(partial(_remove_row, upload_id=upload_id))
-            store.delete_upload(upload_id)
+            await self._store(partial(store.delete_upload, upload_id))
             self._hashes.pop(upload_id, None)
         return len(victims)
 
@@ -304,6 +318,22 @@ async def _lock_blob(store: BlobStore, digest: str) -> BlobLock:
                 done.result().release()
 
         waiting.add_done_callback(release)
+        raise
+
+
+async def _open_upload(ctx: Context, upload_id: str, size: int) -> UploadWriter:
+    """Open an upload of a remote store on a thread; if this request is cancelled meanwhile,
+    the writer (and the upload's lock) is closed as soon as the thread has it."""
+    opening = asyncio.ensure_future(ctx.run(lambda: ctx.store.open_upload(upload_id, size)))
+    try:
+        return await asyncio.shield(opening)
+    except asyncio.CancelledError:
+
+        def close(done: asyncio.Future[UploadWriter]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                ctx.executor.submit(done.result().close)
+
+        opening.add_done_callback(close)
         raise
 
 

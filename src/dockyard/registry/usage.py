@@ -1,6 +1,7 @@
-"""Storage usage: per repository (logical), per namespace (deduplicated within it) and for
-the registry (deduplicated: the bytes on disk; logical: the sum over repositories). Computed
-from the metadata, so it is exact after deletes and garbage collection."""
+"""Storage usage: per repository (logical), per namespace (deduplicated within it, and
+logical) and for the registry (deduplicated: the bytes on disk; logical: the sum over
+repositories). Computed from the metadata, so it is exact after deletes and garbage
+collection."""
 
 from __future__ import annotations
 
@@ -34,6 +35,9 @@ def usage(conn: Connection) -> Usage:
     blob_total, manifest_total = life_db.stored_bytes(conn)
     quotas = {q.namespace: q for q in life_db.list_quotas(conn)}
     namespaces = sorted({namespace_of(name) for name, _, _ in per_repository} | set(quotas))
+    logical: dict[str, int] = {}
+    for name, b, m in per_repository:
+        logical[namespace_of(name)] = logical.get(namespace_of(name), 0) + b + m
     namespace_rows = []
     for namespace in namespaces:
         quota = quotas.get(namespace)
@@ -41,6 +45,7 @@ def usage(conn: Connection) -> Usage:
             {
                 "namespace": namespace,
                 "stored_bytes": life_db.namespace_bytes(conn, namespace),
+                "logical_bytes": logical.get(namespace, 0),
                 "repositories": life_db.namespace_repository_count(conn, namespace),
                 "quota": None
                 if quota is None

@@ -8,6 +8,7 @@ either no blob or the whole, verified blob.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import Future
 from typing import Protocol
 
 
@@ -17,12 +18,23 @@ class UploadWriter(Protocol):
     @property
     def size(self) -> int: ...
 
-    def write(self, data: bytes) -> None: ...
+    def write(self, data: bytes) -> Future[None] | None:
+        """Append ``data``.
+
+        A driver that stores bytes in the background (S3) may return a future: the caller
+        waits for it before writing more, which bounds the bytes held in memory. A caller
+        that does not wait is made to wait by the next write instead.
+        """
+
+    def flush(self) -> None:
+        """Store every byte written so far, for ``upload_size``, ``read_upload`` and
+        ``publish_upload`` (and other processes) to see. A no-op for local files."""
 
     def rollback(self) -> None:
         """Drop everything written through this writer (the upload is as it was)."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Flush what is left and release the upload's lock."""
 
 
 class BlobLock(Protocol):
@@ -37,11 +49,19 @@ class UploadBusy(Exception):
 
 
 class BlobStore(Protocol):
+    # True when every call is a network round trip (S3): callers on an event loop make
+    # them from a thread. False for local files, cheap enough to call inline.
+    remote: bool
+
     def stat_blob(self, digest: str) -> int | None:
         """The blob's size, or None when it is not stored."""
 
     def blob_path(self, digest: str) -> str | None:
         """A local file to send zero-copy, or None when the driver has none."""
+
+    def blob_url(self, digest: str, ttl_seconds: int) -> str | None:
+        """A URL any HTTP client can GET the blob from for ``ttl_seconds`` (a presigned
+        S3 URL), or None when the driver has none."""
 
     def read_blob(self, digest: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
         """The blob's bytes from ``start`` up to ``end`` (exclusive)."""
@@ -71,7 +91,8 @@ class BlobStore(Protocol):
     def read_upload(self, upload_id: str, start: int = 0) -> Iterator[bytes]: ...
 
     def publish_upload(self, upload_id: str, digest: str) -> None:
-        """Atomically make the upload's bytes the blob ``digest`` and remove the upload."""
+        """Atomically make the upload's bytes the blob ``digest`` and remove the upload
+        (bytes written by a writer of this process that is still open included)."""
 
     def delete_upload(self, upload_id: str) -> None: ...
 

@@ -61,6 +61,9 @@ class FileUploadWriter:
             view = view[written:]
         self._size += len(data)
 
+    def flush(self) -> None:
+        pass  # every write went straight to the file
+
     def rollback(self) -> None:
         if self._fd >= 0 and self._size != self._start:
             os.ftruncate(self._fd, self._start)
@@ -88,6 +91,8 @@ class FileLock:
 
 
 class FilesystemBlobStore:
+    remote = False
+
     def __init__(self, root: Path, fsync: bool = True) -> None:
         self.root = root
         self.fsync = fsync
@@ -113,6 +118,9 @@ class FilesystemBlobStore:
 
     def blob_path(self, digest: str) -> str | None:
         return str(self._blob_file(digest))
+
+    def blob_url(self, digest: str, ttl_seconds: int) -> str | None:
+        return None  # served from blob_path
 
     def read_blob(self, digest: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
         with open(self._blob_file(digest), "rb") as handle:
@@ -158,6 +166,15 @@ class FilesystemBlobStore:
 
     def create_upload(self, upload_id: str) -> None:
         self._upload_file(upload_id).touch(exist_ok=False)
+
+    def link_upload(self, upload_id: str, source: str) -> None:
+        """Create upload ``upload_id`` as a hard link to the file ``source``: no bytes copied.
+
+        For ``dockyard import``; raises ``OSError`` (``EXDEV`` across filesystems) when the
+        link cannot be made, and the caller copies instead. The linked file must never be
+        changed in place afterwards (registries replace files, they do not rewrite them).
+        """
+        os.link(source, self._upload_file(upload_id))
 
     def upload_size(self, upload_id: str) -> int | None:
         try:
