@@ -30,4 +30,12 @@ fi
 .venv/bin/ruff format --check .
 .venv/bin/mypy
 
-exec .venv/bin/python -m pytest -n "${PYTEST_WORKERS:-4}" -p no:cacheprovider "$@"
+.venv/bin/python -m pytest -n "${PYTEST_WORKERS:-4}" -p no:cacheprovider "$@"
+
+# With no arguments (the whole suite, as CI runs it): the API and real-client suites once
+# more, against the scale-out setup — two Dockyard nodes on PostgreSQL, SeaweedFS S3 and
+# Redis behind a round-robin balancer (tests/support/scaleout.py).
+if [ "$#" -eq 0 ]; then
+    DOCKYARD_TEST_TARGET=scaleout .venv/bin/python -m pytest -n "${PYTEST_SCALEOUT_WORKERS:-3}" \
+        -p no:cacheprovider tests/api tests/e2e
+fi

@@ -31,6 +31,7 @@ class Cluster:
     redis: RedisServer
     seaweed: Seaweed
     database_url: str
+    root: Path
     env: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -50,7 +51,7 @@ class Cluster:
         """Run a ``dockyard`` command (``gc``, ``worker --once``...) as one more node."""
         return subprocess.run(
             [*dockyard_command(), *args],
-            env={**os.environ, **self.env},
+            env={**os.environ, **self.env, "DOCKYARD_DATA_DIR": str(self.root / "cli")},
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -74,7 +75,9 @@ def cluster_env(
 
 
 @contextlib.contextmanager
-def running_cluster(root: Path, nodes: int = 2, auth: bool = False) -> Iterator[Cluster]:
+def running_cluster(
+    root: Path, nodes: int = 2, auth: bool = False, s3_redirect: bool = False
+) -> Iterator[Cluster]:
     with contextlib.ExitStack() as stack:
         postgres = stack.enter_context(running_postgres())
         stack.callback(postgres.close)
@@ -83,6 +86,7 @@ def running_cluster(root: Path, nodes: int = 2, auth: bool = False) -> Iterator[
         stack.callback(seaweed.stop)
         database = postgres.migrated_database()
         env = cluster_env(postgres.url(database), redis, seaweed, root / "keys")
+        env["DOCKYARD_S3_REDIRECT"] = "true" if s3_redirect else "false"
         servers: list[Server] = []
         for index in range(nodes):
             server = start_dockyard(
@@ -93,4 +97,6 @@ def running_cluster(root: Path, nodes: int = 2, auth: bool = False) -> Iterator[
         balancer = stack.enter_context(
             balancing([("127.0.0.1", int(s.url.rsplit(":", 1)[1])) for s in servers])
         )
-        yield Cluster(servers, balancer, postgres, redis, seaweed, postgres.url(database), env)
+        yield Cluster(
+            servers, balancer, postgres, redis, seaweed, postgres.url(database), root, env
+        )

@@ -72,7 +72,9 @@ class AuthService:
         self.policy = policy
         self._key_generation: int | None = None
         self.brake = LoginBrake(ctx)
-        self.limits = rate_buckets(ctx.redis, settings.requests_per_second, settings.burst)
+        self.limits = rate_buckets(
+            getattr(ctx, "redis", None), settings.requests_per_second, settings.burst
+        )
         self._verified: dict[str, tokens.AccessToken] = {}
         self._passwords: dict[str, tuple[int | None, Identity]] = {}
 
