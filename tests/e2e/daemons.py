@@ -8,6 +8,7 @@ by its PID. Readiness is polled with a deadline.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -87,13 +88,19 @@ def _spawn(args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
 
 
 @contextlib.contextmanager
-def running_dockerd(root: Path, insecure_registries: list[str]) -> Iterator[Dockerd]:
-    """A dockerd without networking (vfs storage, no bridge, no iptables)."""
+def running_dockerd(
+    root: Path, insecure_registries: list[str], registry_mirrors: list[str] | None = None
+) -> Iterator[Dockerd]:
+    """A dockerd without networking (vfs storage, no bridge, no iptables); with
+    ``registry_mirrors`` (URLs, written to its daemon.json as ``registry-mirrors``), it
+    pulls Docker Hub images through them."""
     require("docker")
     require("runc")
     short = Path(tempfile.mkdtemp(prefix="dy-dockerd-"))
     root.mkdir(parents=True, exist_ok=True)
-    (root / "daemon.json").write_text("{}\n")
+    (root / "daemon.json").write_text(
+        json.dumps({"registry-mirrors": registry_mirrors} if registry_mirrors else {}) + "\n"
+    )
     (root / "cli").mkdir(exist_ok=True)
     socket = short / "docker.sock"
     args = [

@@ -174,6 +174,15 @@ def uploads_left(data_dir: Path) -> list[str]:
     return sorted(os.listdir(directory)) if directory.is_dir() else []
 
 
+def upstream_gets(upstream: Server, repository: str) -> list[str]:
+    """The GETs a Distribution upstream answered (200) for ``repository``, from its access
+    log: ``["/v2/<repository>/manifests/<reference>", ...]`` (challenges not counted)."""
+    pattern = re.compile(
+        rf'"GET (/v2/{re.escape(repository)}/(?:manifests|blobs)/[^ ?"]+)[^"]*" 200 '
+    )
+    return pattern.findall(upstream.log())
+
+
 def mirror_counts(server: Server, upstream: str) -> dict[str, float]:
     """The ``dockyard_mirror_*`` counters of one upstream, from /metrics."""
     text = httpx.get(f"{server.url}/metrics", timeout=10).text

@@ -1,7 +1,7 @@
 """A small, real HTTP registry for the mirror's fault tests: it serves the blobs and
 manifests it is given over the distribution API, counts every request, and misbehaves on
 demand (wrong bytes, a connection cut in the middle of a blob, 429 Too Many Requests, a
-blob held back until the test lets it go)."""
+blob held back until the test lets it go, or paused half-way)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ class FakeUpstream:
     rate_limited: bool = False  # answer 429 with Retry-After to everything
     retry_after: int = 60
     hold: threading.Event | None = None  # blob GETs wait for it
+    pause: threading.Event | None = None  # blob GETs send half, then wait for it
     requests: Counter[tuple[str, str]] = field(default_factory=Counter)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _server: ThreadingHTTPServer | None = None
@@ -127,6 +128,17 @@ class FakeUpstream:
                     self.wfile.flush()
                     self.connection.shutdown(socket.SHUT_RDWR)
                     self.close_connection = True
+                    return
+                if upstream.pause is not None:
+                    self.send_response(200)
+                    for key, value in headers.items():
+                        self.send_header(key, value)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data[: len(data) // 2])
+                    self.wfile.flush()
+                    upstream.pause.wait(timeout=60)
+                    self.wfile.write(data[len(data) // 2 :])
                     return
                 self.send_body(200, data, headers)
 

@@ -285,7 +285,7 @@ class UpstreamClient:
             if status == 401:
                 challenge = response.headers.get("www-authenticate", "")
                 await response.aclose()
-                if attempt == 0 and await self._authenticate(challenge, scope):
+                if attempt == 0 and await self._authenticate(challenge, scope, authorization):
                     continue
                 raise UpstreamMissing(
                     f"{self._label} refused access to {remote} (it does not exist there, or "
@@ -308,11 +308,14 @@ class UpstreamClient:
             return response
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _authenticate(self, challenge: str, scope: str) -> bool:
-        """Act on a 401's challenge; True when a retry may now succeed."""
+    async def _authenticate(self, challenge: str, scope: str, sent: str | None) -> bool:
+        """Act on a 401's challenge to a request that carried ``sent`` (its Authorization);
+        True when a retry may now succeed."""
         scheme, params = parse_challenge(challenge)
         if scheme == "basic":
-            if self.upstream.username is None or self._basic:
+            # refused only if it was sent: a request that went out before a concurrent one
+            # learnt that the upstream wants Basic is tried again with the credentials
+            if self.upstream.username is None or (sent or "").startswith("Basic "):
                 return False
             self._basic = True
             return True
