@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 import redis
+
 from tests.support.processes import ProcessDied, free_port, kill_tree, wait_until
 
 
