@@ -16,16 +16,28 @@ import fcntl
 import os
 import re
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from dockyard.storage.base import UploadBusy
 
 _UPLOAD_ID_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 _READ_CHUNK = 1024 * 1024
+# With fsync on, an upload's bytes are flushed to disk in the background every this many
+# bytes while it is received, so the fsync before publishing has only the tail left to wait
+# for (the disk writes while the network reads, instead of after).
+WRITEBACK_BYTES = 64 * 1024 * 1024
+_writeback = ThreadPoolExecutor(max_workers=4, thread_name_prefix="writeback")
+
+
+def _flush_quietly(fd: int) -> None:
+    # an error here shows again, and counts, in the fsync before publishing
+    with contextlib.suppress(OSError):
+        os.fdatasync(fd)
 
 
 class FileUploadWriter:
-    def __init__(self, path: Path, offset: int) -> None:
+    def __init__(self, path: Path, offset: int, writeback_bytes: int = 0) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -49,6 +61,18 @@ class FileUploadWriter:
         self._fd = fd
         self._start = size
         self._size = size
+        self._writeback_bytes = writeback_bytes
+        self._unflushed = 0
+        self._flushing: Future[None] | None = None
+        # flushes use a descriptor of their own, without the lock: closing this writer
+        # (and so releasing the upload to its next request) never waits for one
+        self._flush_fd = -1
+        if writeback_bytes:
+            with contextlib.suppress(OSError):  # then no flushing ahead: fsync does it all
+                self._flush_fd = os.open(path, os.O_RDONLY)
+                if os.fstat(self._flush_fd).st_ino != held.st_ino:
+                    os.close(self._flush_fd)
+                    self._flush_fd = -1
 
     @property
     def size(self) -> int:
@@ -60,6 +84,13 @@ class FileUploadWriter:
             written = os.write(self._fd, view)
             view = view[written:]
         self._size += len(data)
+        if self._flush_fd >= 0:
+            self._unflushed += len(data)
+            if self._unflushed >= self._writeback_bytes and (
+                self._flushing is None or self._flushing.done()
+            ):
+                self._unflushed = 0
+                self._flushing = _writeback.submit(_flush_quietly, self._flush_fd)
 
     def flush(self) -> None:
         pass  # every write went straight to the file
@@ -73,6 +104,12 @@ class FileUploadWriter:
         if self._fd >= 0:
             os.close(self._fd)  # closing releases the flock
             self._fd = -1
+        if self._flush_fd >= 0:
+            flush_fd, self._flush_fd = self._flush_fd, -1
+            if self._flushing is None or self._flushing.done():
+                os.close(flush_fd)
+            else:  # the flush still runs on it: close it after
+                self._flushing.add_done_callback(lambda _: os.close(flush_fd))
 
 
 class FileLock:
@@ -183,7 +220,8 @@ class FilesystemBlobStore:
             return None
 
     def open_upload(self, upload_id: str, offset: int) -> FileUploadWriter:
-        return FileUploadWriter(self._upload_file(upload_id), offset)
+        writeback = WRITEBACK_BYTES if self.fsync else 0
+        return FileUploadWriter(self._upload_file(upload_id), offset, writeback)
 
     def read_upload(self, upload_id: str, start: int = 0) -> Iterator[bytes]:
         with open(self._upload_file(upload_id), "rb") as handle:
