@@ -71,6 +71,10 @@ class _CountingBody:
             yield chunk
 
 
+def host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def sendfile_links(settings: Settings) -> BlobLinks | None:
     """The signed-link maker of the sendfile port, when it is on."""
     if settings.sendfile_listen is None:
@@ -202,9 +206,13 @@ class App:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.minimum_version = ssl.TLSVersion.TLSv1_2
             context.load_cert_chain(self.settings.tls_cert, self.settings.tls_key)
-        self.sendfile = await sendfile.start_server(
-            links, self.registry.ctx.store, host, port, context
-        )
+        try:
+            self.sendfile = await sendfile.start_server(
+                links, self.registry.ctx.store, host, port, context
+            )
+        except Exception:
+            # blob GETs then keep redirecting to a port nobody serves: make it loud
+            log.exception("the sendfile port %s could not be served", host_port(host, port))
 
     async def housekeeping(self) -> None:
         """Purge stale uploads now and then (every worker may; the purge is idempotent)."""
