@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -17,11 +18,27 @@ from pathlib import Path
 
 import httpx
 
+# Ports handed out in this test run, by every xdist worker: the kernel may give the same
+# free port to two workers, and servers that bind with SO_REUSEPORT (granian, some Go
+# servers) would then silently share it.
+_PORTS_DIR = Path(tempfile.gettempdir()) / (
+    f"dockyard-test-ports-{os.environ.get('PYTEST_XDIST_TESTRUNUID') or os.getpid()}"
+)
+
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port free now and not handed out before in this run."""
+    _PORTS_DIR.mkdir(exist_ok=True)
+    for _ in range(200):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        try:
+            os.close(os.open(_PORTS_DIR / str(port), os.O_CREAT | os.O_EXCL, 0o644))
+        except FileExistsError:
+            continue
+        return port
+    raise RuntimeError("no free port that this test run has not used yet")
 
 
 class ProcessDied(RuntimeError):
