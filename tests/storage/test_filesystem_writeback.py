@@ -70,3 +70,21 @@ def test_no_background_flushes_without_fsync(tmp_path: Path) -> None:
     writer = store.open_upload("nf", 0)
     assert open_fds() == baseline + 1  # the upload itself, no flush descriptor
     writer.close()
+
+
+def test_many_small_sessions_are_flushed_ahead_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PATCH per 512 KiB with flushes every MiB: the session that carries the upload past
+    each MiB starts a flush, as one long PUT would."""
+    monkeypatch.setattr(filesystem, "WRITEBACK_BYTES", MIB)
+    store = FilesystemBlobStore(tmp_path / "store", fsync=True)
+    store.create_upload("small")
+    started = []
+    for session in range(6):
+        writer = store.open_upload("small", session * MIB // 2)
+        assert isinstance(writer, filesystem.FileUploadWriter)
+        writer.write(os.urandom(MIB // 2))
+        started.append(writer._flushing is not None)
+        writer.close()
+    assert started == [False, True, False, True, False, True]

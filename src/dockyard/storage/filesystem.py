@@ -62,7 +62,9 @@ class FileUploadWriter:
         self._start = size
         self._size = size
         self._writeback_bytes = writeback_bytes
-        self._unflushed = 0
+        # flush each time the file grows past a multiple of writeback_bytes: an upload sent
+        # as many smaller PATCHes (a writer each) is flushed ahead as one big PUT is
+        self._flush_at = (size // writeback_bytes + 1) * writeback_bytes if writeback_bytes else 0
         self._flushing: Future[None] | None = None
         # flushes use a descriptor of their own, without the lock: closing this writer
         # (and so releasing the upload to its next request) never waits for one
@@ -84,13 +86,13 @@ class FileUploadWriter:
             written = os.write(self._fd, view)
             view = view[written:]
         self._size += len(data)
-        if self._flush_fd >= 0:
-            self._unflushed += len(data)
-            if self._unflushed >= self._writeback_bytes and (
-                self._flushing is None or self._flushing.done()
-            ):
-                self._unflushed = 0
-                self._flushing = _writeback.submit(_flush_quietly, self._flush_fd)
+        if (
+            self._flush_fd >= 0
+            and self._size >= self._flush_at
+            and (self._flushing is None or self._flushing.done())
+        ):
+            self._flush_at = (self._size // self._writeback_bytes + 1) * self._writeback_bytes
+            self._flushing = _writeback.submit(_flush_quietly, self._flush_fd)
 
     def flush(self) -> None:
         pass  # every write went straight to the file
