@@ -1,5 +1,5 @@
-"""Real clients push to and pull from a registry whose blobs are in S3 (SeaweedFS): they
-follow the redirects to presigned URLs byte for byte."""
+"""Real clients follow blob GETs answered with a redirect, byte for byte: to presigned URLs
+of an S3 store (SeaweedFS), and to the zero-copy sendfile port."""
 
 from __future__ import annotations
 
@@ -13,16 +13,26 @@ from tests.e2e.containers_tools import make_containers_tools
 from tests.e2e.daemons import Containerd
 from tests.e2e.images import ImageSet
 from tests.e2e.layout import sha256_file
-from tests.support.processes import Server, running_dockyard
+from tests.support.processes import Server, free_port, running_dockyard
 from tests.support.seaweed import Seaweed, new_prefix
 
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module")
-def s3_registry(tmp_path_factory: pytest.TempPathFactory, seaweed: Seaweed) -> Iterator[Server]:
-    env = {**seaweed.settings(new_prefix()), "DOCKYARD_S3_CHUNK_MIB": "5"}
-    with running_dockyard(tmp_path_factory.mktemp("s3-e2e") / "data", env=env) as server:
+@pytest.fixture(scope="module", params=["s3", "sendfile"])
+def redirecting_registry(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    if request.param == "s3":
+        seaweed: Seaweed = request.getfixturevalue("seaweed")
+        env = {**seaweed.settings(new_prefix()), "DOCKYARD_S3_CHUNK_MIB": "5"}
+    else:
+        env = {
+            "DOCKYARD_SENDFILE_LISTEN": f"127.0.0.1:{free_port()}",
+            "DOCKYARD_SENDFILE_MIN_BYTES": "0",  # every blob GET goes through a redirect
+        }
+    data_dir = tmp_path_factory.mktemp(f"{request.param}-e2e") / "data"
+    with running_dockyard(data_dir, env=env) as server:
         yield server
 
 
@@ -37,11 +47,11 @@ def blob_get_statuses(server: Server, name: str) -> list[int]:
     return statuses
 
 
-def test_skopeo_pushes_and_pulls_through_s3(
-    s3_registry: Server, images: ImageSet, tmp_path: Path
+def test_skopeo_pushes_and_pulls_through_redirects(
+    redirecting_registry: Server, images: ImageSet, tmp_path: Path
 ) -> None:
-    tools = make_containers_tools(tmp_path / "containers", s3_registry.host)
-    ref = f"docker://{s3_registry.host}/s3/large:v1"
+    tools = make_containers_tools(tmp_path / "containers", redirecting_registry.host)
+    ref = f"docker://{redirecting_registry.host}/redirect/large:v1"
     pushed, _ = tools.copy(images.oci("large"), ref)
     assert pushed == images.large.digest
 
@@ -50,18 +60,18 @@ def test_skopeo_pushes_and_pulls_through_s3(
     for digest in images.large.blob_digests:
         copied = tmp_path / "out" / "blobs" / "sha256" / digest.split(":", 1)[1]
         assert sha256_file(copied) == digest
-    statuses = blob_get_statuses(s3_registry, "s3/large")
+    statuses = blob_get_statuses(redirecting_registry, "redirect/large")
     assert statuses, "skopeo fetched no blob"
     assert set(statuses) == {307}, statuses
 
 
 @pytest.mark.xdist_group("containerd")
-def test_containerd_pulls_through_s3(
-    s3_registry: Server, images: ImageSet, containerd: Containerd, namespace: str,
+def test_containerd_pulls_through_redirects(
+    redirecting_registry: Server, images: ImageSet, containerd: Containerd, namespace: str,
     tmp_path: Path,
 ) -> None:  # fmt: skip
-    tools = make_containers_tools(tmp_path / "containers", s3_registry.host)
-    ref = f"{s3_registry.host}/s3/multi:v1"
+    tools = make_containers_tools(tmp_path / "containers", redirecting_registry.host)
+    ref = f"{redirecting_registry.host}/redirect/multi:v1"
     pushed, _ = tools.copy(images.oci("multi"), f"docker://{ref}")
     result = containerd.ctr(
         namespace, "images", "pull", "--plain-http", "--snapshotter", "native", ref
@@ -69,5 +79,5 @@ def test_containerd_pulls_through_s3(
     assert result.returncode == 0
     listed = containerd.ctr(namespace, "images", "ls").stdout
     assert any(line.split()[:1] == [ref] and pushed in line for line in listed.splitlines())
-    statuses = blob_get_statuses(s3_registry, "s3/multi")
+    statuses = blob_get_statuses(redirecting_registry, "redirect/multi")
     assert statuses and set(statuses) == {307}, statuses
