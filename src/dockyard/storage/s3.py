@@ -482,22 +482,10 @@ class S3BlobStore:
                 for piece in part:
                     for bytes_read in self._read(piece.key, piece.start, piece.end):
                         data += bytes_read
-                uploaded = self.client.upload_part(
-                    Bucket=self.bucket,
-                    Key=target,
-                    UploadId=upload_id,
-                    PartNumber=number,
-                    Body=_body(data),
-                )
-                return {"PartNumber": number, "ETag": uploaded["ETag"]}
+                return self._upload_part(target, upload_id, number, data)
 
             parts = _in_parallel(self.executor, send, plan)
-            self.client.complete_multipart_upload(
-                Bucket=self.bucket,
-                Key=target,
-                UploadId=upload_id,
-                MultipartUpload={"Parts": parts},
-            )
+            self._complete(target, upload_id, parts)
         except BaseException:
             self._abort(target, upload_id)
             raise
@@ -520,14 +508,7 @@ class S3BlobStore:
 
         def send(data: bytes | bytearray) -> None:
             number = len(parts) + 1
-            result = self.client.upload_part(
-                Bucket=self.bucket,
-                Key=target,
-                UploadId=upload_id,
-                PartNumber=number,
-                Body=_body(data),
-            )
-            parts.append({"PartNumber": number, "ETag": result["ETag"]})
+            parts.append(self._upload_part(target, upload_id, number, data))
 
         try:
             buffer = bytearray()
@@ -539,15 +520,23 @@ class S3BlobStore:
                         del buffer[:part_size]
             if buffer or not parts:
                 send(buffer)
-            self.client.complete_multipart_upload(
-                Bucket=self.bucket,
-                Key=target,
-                UploadId=upload_id,
-                MultipartUpload={"Parts": parts},
-            )
+            self._complete(target, upload_id, parts)
         except BaseException:
             self._abort(target, upload_id)
             raise
+
+    def _upload_part(
+        self, key: str, upload_id: str, number: int, data: bytes | bytearray
+    ) -> CompletedPartTypeDef:
+        result = self.client.upload_part(
+            Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=_body(data)
+        )
+        return {"PartNumber": number, "ETag": result["ETag"]}
+
+    def _complete(self, key: str, upload_id: str, parts: list[CompletedPartTypeDef]) -> None:
+        self.client.complete_multipart_upload(
+            Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+        )
 
     def _abort(self, key: str, upload_id: str) -> None:
         # else the incomplete multipart upload is kept (and billed) until a lifecycle rule
