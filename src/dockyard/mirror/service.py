@@ -55,6 +55,7 @@ from dockyard.oci.errors import (
 )
 from dockyard.oci.names import validate_tag
 from dockyard.registry.blobs import BlobInfo
+from dockyard.registry.context import kept_or_undone
 from dockyard.registry.manifests import Manifest
 from dockyard.registry.service import Registry
 from dockyard.storage.base import BlobLock
@@ -226,7 +227,9 @@ class ProxyService:
                 continue
             lock = await asyncio.to_thread(self.locks.try_acquire, lock_name)
             if lock is None:
-                held = await _wait_for(self.locks, lock_name)
+                held = await kept_or_undone(
+                    asyncio.to_thread(self.locks.acquire, lock_name), lambda lock: lock.release()
+                )
                 held.release()
                 continue
             flight = _Flight(self._flights, key, lock)
@@ -601,20 +604,3 @@ def _forget(tasks: set[asyncio.Task[None]]) -> Callable[[asyncio.Task[None]], No
             task.exception()  # retrieved: failures are logged where they happen
 
     return done
-
-
-async def _wait_for(locks: Locks, name: str) -> BlobLock:
-    """Wait for a lock on a thread; a cancelled wait releases the lock once it comes."""
-    waiting: asyncio.Future[BlobLock] = asyncio.ensure_future(
-        asyncio.to_thread(locks.acquire, name)
-    )
-    try:
-        return await asyncio.shield(waiting)
-    except asyncio.CancelledError:
-
-        def release(done: asyncio.Future[BlobLock]) -> None:
-            if not done.cancelled() and done.exception() is None:
-                done.result().release()
-
-        waiting.add_done_callback(release)
-        raise

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -92,3 +92,20 @@ class Context:
         """Run blocking I/O (fsync, rename, re-hashing) off the event loop."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, fn)
+
+
+async def kept_or_undone(pending: Awaitable[T], undo: Callable[[T], object]) -> T:
+    """Wait for ``pending`` (a lock or an open file being taken on a thread); if the
+    waiting request is cancelled meanwhile, ``undo`` what it yields as soon as it comes,
+    instead of leaving it held for good."""
+    waiting = asyncio.ensure_future(pending)
+    try:
+        return await asyncio.shield(waiting)
+    except asyncio.CancelledError:
+
+        def settle(done: asyncio.Future[T]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                undo(done.result())
+
+        waiting.add_done_callback(settle)
+        raise

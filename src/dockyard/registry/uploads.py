@@ -32,9 +32,9 @@ from dockyard.oci.errors import (
     RangeInvalid,
     SizeInvalid,
 )
-from dockyard.registry.context import Context
+from dockyard.registry.context import Context, kept_or_undone
 from dockyard.registry.lifecycle import enforce_quota
-from dockyard.storage.base import BlobLock, BlobStore, UploadBusy, UploadWriter
+from dockyard.storage.base import UploadBusy, UploadWriter
 
 _MAX_RUNNING_HASHES = 4096
 T = TypeVar("T")
@@ -116,7 +116,13 @@ class Uploads:
         try:
             if not self.ctx.store.remote:
                 return self.ctx.store.open_upload(upload_id, size)
-            return await _open_upload(self.ctx, upload_id, size)
+            # a request cancelled meanwhile closes the writer (and the upload's lock) as
+            # soon as the thread has it
+            store, executor = self.ctx.store, self.ctx.executor
+            return await kept_or_undone(
+                self.ctx.run(lambda: store.open_upload(upload_id, size)),
+                lambda writer: executor.submit(writer.close),
+            )
         except UploadBusy:
             raise RangeInvalid(
                 "another request is writing to this upload",
@@ -251,7 +257,10 @@ class Uploads:
             # publish and record under the blob's lock: the garbage collector takes it too.
             # Wait for it on a thread of the default pool: waiters holding ctx.executor
             # threads would starve the holder, which needs one to publish and commit.
-            lock = await _lock_blob(self.ctx.store, digest)
+            # a request cancelled while waiting releases the lock as soon as the thread has it
+            lock = await kept_or_undone(
+                asyncio.to_thread(self.ctx.store.lock_blob, digest), lambda lock: lock.release()
+            )
             try:
                 await self.ctx.run(lambda: self.ctx.store.publish_upload(upload_id, digest))
                 await self.ctx.write(commit)
@@ -303,38 +312,6 @@ class Uploads:
             with contextlib.suppress(BlobUploadUnknown):
                 await self.cancel(name, status.id)
             raise
-
-
-async def _lock_blob(store: BlobStore, digest: str) -> BlobLock:
-    """Wait for a blob's lock on a thread; if this request is cancelled meanwhile, the lock
-    is released as soon as the thread gets it, instead of staying held for good."""
-    waiting = asyncio.ensure_future(asyncio.to_thread(store.lock_blob, digest))
-    try:
-        return await asyncio.shield(waiting)
-    except asyncio.CancelledError:
-
-        def release(done: asyncio.Future[BlobLock]) -> None:
-            if not done.cancelled() and done.exception() is None:
-                done.result().release()
-
-        waiting.add_done_callback(release)
-        raise
-
-
-async def _open_upload(ctx: Context, upload_id: str, size: int) -> UploadWriter:
-    """Open an upload of a remote store on a thread; if this request is cancelled meanwhile,
-    the writer (and the upload's lock) is closed as soon as the thread has it."""
-    opening = asyncio.ensure_future(ctx.run(lambda: ctx.store.open_upload(upload_id, size)))
-    try:
-        return await asyncio.shield(opening)
-    except asyncio.CancelledError:
-
-        def close(done: asyncio.Future[UploadWriter]) -> None:
-            if not done.cancelled() and done.exception() is None:
-                ctx.executor.submit(done.result().close)
-
-        opening.add_done_callback(close)
-        raise
 
 
 def _remove_row(conn: Connection, upload_id: str) -> bool:
