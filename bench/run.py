@@ -116,10 +116,18 @@ def log(msg: str) -> None:
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
+    """A free port whose next port is free too (Dockyard's sendfile port by default)."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
         return port
+    raise BenchError("no free pair of ports")
 
 
 def sha256_file(path: Path) -> str:
@@ -502,7 +510,7 @@ class Options:
     access_log: bool
     retry_noisy: int
     patch_new_conn: bool
-    dockyard_sendfile: bool = False
+    dockyard_no_sendfile: bool = False
 
 
 def server_command(kind: str, opts: Options, data_dir: Path, port: int) -> list[str]:
@@ -527,8 +535,8 @@ def server_command(kind: str, opts: Options, data_dir: Path, port: int) -> list[
     cmd += ["--access-log"] if opts.access_log else ["--no-access-log"]
     if opts.dockyard_workers is not None:
         cmd += ["--workers", str(opts.dockyard_workers)]
-    if opts.dockyard_sendfile:  # large blob GETs redirected to the zero-copy port
-        cmd = ["env", f"DOCKYARD_SENDFILE_LISTEN=127.0.0.1:{free_port()}", *cmd]
+    if opts.dockyard_no_sendfile:  # large blob GETs sent by granian, without a redirect
+        cmd = ["env", "DOCKYARD_SENDFILE_LISTEN=off", *cmd]
     return cmd
 
 
@@ -1296,9 +1304,10 @@ def parse_args(argv: Sequence[str]) -> Options:
         help="before each session wait up to this many seconds for other processes to go idle",
     )
     p.add_argument(
-        "--dockyard-sendfile",
+        "--dockyard-no-sendfile",
         action="store_true",
-        help="turn Dockyard's sendfile port on (blob GETs of 8 MiB and more are redirected to it)",
+        help="turn Dockyard's sendfile port off (by default blob GETs of 8 MiB and more are "
+        "redirected to it, the listen port + 1)",
     )
     ns = p.parse_args(argv)
 
@@ -1336,7 +1345,7 @@ def parse_args(argv: Sequence[str]) -> Options:
         quiet_wait=ns.quiet_wait,
         access_log=ns.access_log,
         retry_noisy=ns.retry_noisy,
-        dockyard_sendfile=ns.dockyard_sendfile,
+        dockyard_no_sendfile=ns.dockyard_no_sendfile,
         patch_new_conn=ns.patch_new_conn,
     )
 

@@ -149,6 +149,85 @@ def test_authorization_happens_before_the_redirect(tmp_path: Path) -> None:
         assert "location" not in response.headers
 
 
+def test_clients_behind_a_proxy_or_port_mapping_get_the_blob_directly(server: Server) -> None:
+    """A link keeps the client's hostname and changes the port: a client that came through
+    a proxy, or reached us at another port (NAT, a container's port mapping), might not
+    reach the side port, so it gets the bytes from the port it used."""
+    data = os.urandom(MIN_BYTES * 2)
+    digest = push(server, "sf/proxied", data)
+    url = f"{server.url}/v2/sf/proxied/blobs/{digest}"
+    assert httpx.get(url).status_code == 307
+    for headers in (
+        {"X-Forwarded-For": "192.0.2.7"},
+        {"Forwarded": "for=192.0.2.7;proto=https"},
+        {"X-Forwarded-Proto": "https"},
+        {"X-Real-IP": "192.0.2.7"},
+        {"Host": "registry.example.com"},  # port 80, not ours
+        {"Host": "registry.example.com:8443"},
+        {"Host": "registry.example.com:99999"},  # not a port at all
+    ):
+        response = httpx.get(url, headers=headers)
+        assert response.status_code == 200, headers
+        assert response.content == data
+    assert httpx.head(url).status_code == 200
+    # none of those answers is reused from the read cache for a client that can follow
+    same_port = server.url.rsplit(":", 1)[1]
+    response = httpx.get(url, headers={"Host": f"registry.example.com:{same_port}"})
+    assert response.status_code == 307
+    assert response.headers["location"].startswith("http://registry.example.com:")
+
+
+def test_on_by_default_at_the_next_port(tmp_path: Path) -> None:
+    """`dockyard serve` with no sendfile setting serves the listen port + 1 and redirects
+    blob GETs of 8 MiB and more there; smaller ones are sent directly."""
+    with running_dockyard(tmp_path / "data") as srv:
+        port = int(srv.url.rsplit(":", 1)[1])
+        assert f"redirected to 127.0.0.1:{port + 1}" in srv.log()
+        large = os.urandom(8 * 1024 * 1024)
+        digest = push(srv, "default/large", large)
+        first = httpx.get(f"{srv.url}/v2/default/large/blobs/{digest}")
+        assert first.status_code == 307
+        assert first.headers["location"].startswith(f"http://127.0.0.1:{port + 1}/blobs/")
+        followed = httpx.get(first.headers["location"])
+        assert followed.status_code == 200
+        assert hashlib.sha256(followed.content).hexdigest() == digest[7:]
+        small = os.urandom(8 * 1024 * 1024 - 1)
+        small_digest = push(srv, "default/large", small)
+        direct = httpx.get(f"{srv.url}/v2/default/large/blobs/{small_digest}")
+        assert direct.status_code == 200
+        assert direct.content == small
+
+
+def test_auto_turns_itself_off_where_it_cannot_help_or_bind(tmp_path: Path) -> None:
+    import socket
+
+    from dockyard.config import Settings
+    from dockyard.server import resolve_sendfile
+
+    port = free_port()
+
+    def settle(**values: object) -> tuple[str | None, str]:
+        settings = Settings(listen=f"127.0.0.1:{port}", data_dir=tmp_path, **values)  # type: ignore[arg-type]
+        resolved, message = resolve_sendfile(settings)
+        return resolved.sendfile_listen, message
+
+    assert settle() == (f"127.0.0.1:{port + 1}", settle()[1])
+    cert = tmp_path / "cert.pem"
+    listen, message = settle(tls_cert=cert, tls_key=cert)
+    assert listen is None and "TLS" in message
+    listen, message = settle(storage="s3", s3_bucket="b")
+    assert listen is None and "s3" in message
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port + 1))
+        taken.listen()
+        listen, message = settle()
+        assert listen is None and f"127.0.0.1:{port + 1}" in message
+    for off in ("off", ""):
+        assert settle(sendfile_listen=off) == (None, "")
+    explicit = f"127.0.0.1:{free_port()}"
+    assert settle(sendfile_listen=explicit) == (explicit, "")
+
+
 def test_refuses_the_same_port_twice(tmp_path: Path) -> None:
     from dockyard.config import Settings
     from dockyard.server import ServeRefused, check

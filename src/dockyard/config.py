@@ -22,6 +22,9 @@ from dockyard.mirror.upstreams import UpstreamSettings, build_upstreams
 if TYPE_CHECKING:
     from dockyard.auth.external import TrustStore
 
+# sendfile_listen's default: chosen by `dockyard serve` before the workers start
+SENDFILE_AUTO = "auto"
+
 
 class Settings(BaseSettings):
     """Every key is documented in docs/configuration.md; the external token issuer's
@@ -164,9 +167,10 @@ class Settings(BaseSettings):
     )
     # zero-copy blob downloads through a second port (dockyard.http.sendfile)
     sendfile_listen: str | None = Field(
-        None,
+        "auto",
         description="HOST:PORT of a second port that sends blobs with sendfile(2); blob GETs "
-        "are redirected there with signed links. Default: off",
+        "are redirected there with signed links. `auto` (default): the listen address's port "
+        "+ 1 on plain HTTP with filesystem storage, when that port is free; `off`: never",
     )
     sendfile_url: str | None = Field(
         None,
@@ -192,8 +196,11 @@ class Settings(BaseSettings):
     @field_validator("sendfile_listen")
     @classmethod
     def _check_sendfile_listen(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_listen(value)
+        if value is None or value.strip().lower() in ("", "off", "none", "false"):
+            return None
+        if value.strip().lower() == "auto":
+            return SENDFILE_AUTO
+        parse_listen(value)
         return value
 
     @field_validator("redis_url")
@@ -320,6 +327,10 @@ def parse_listen(value: str) -> tuple[str, int]:
         raise ValueError(f"listen must be HOST:PORT, got {value!r}")
     host = host.strip("[]") or "0.0.0.0"
     return host, int(port_text)
+
+
+def host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def is_loopback(host: str) -> bool:

@@ -10,7 +10,7 @@ import sys
 import tempfile
 
 from dockyard.auth.management import ensure_first_admin
-from dockyard.config import Settings, is_loopback, parse_listen
+from dockyard.config import SENDFILE_AUTO, Settings, host_port, is_loopback, parse_listen
 from dockyard.db.engine import Database
 
 
@@ -32,11 +32,40 @@ def check(settings: Settings) -> None:
         if path is not None and not path.is_file():
             raise ServeRefused(f"TLS file {path} does not exist")
     check_port_free(settings.host, settings.port)
-    if settings.sendfile_listen is not None:
+    if settings.sendfile_listen not in (None, SENDFILE_AUTO):
         sendfile_host, sendfile_port = parse_listen(settings.sendfile_listen)
         if (sendfile_host, sendfile_port) == (settings.host, settings.port):
             raise ServeRefused("sendfile_listen must differ from listen")
         check_port_free(sendfile_host, sendfile_port)
+
+
+def resolve_sendfile(settings: Settings) -> tuple[Settings, str]:
+    """Settle ``sendfile_listen: auto``: the listen port + 1 on the same address, when the
+    registry serves plain HTTP from the filesystem and that port is free; otherwise off.
+    Returns the settings to run with and a line saying what was chosen."""
+    if settings.sendfile_listen != SENDFILE_AUTO:
+        return settings, ""
+    why_not = ""
+    if settings.tls_cert is not None:
+        why_not = "TLS is on (encrypted bytes are copied through user space anyway)"
+    elif settings.storage != "filesystem":
+        why_not = f"blobs are in {settings.storage} (GETs are redirected to the store)"
+    elif settings.port == 65535:
+        why_not = "no port above the listen port"
+    else:
+        try:
+            check_port_free(settings.host, settings.port + 1)
+        except ServeRefused as exc:
+            why_not = str(exc)
+    if why_not:
+        return settings.model_copy(update={"sendfile_listen": None}), (
+            f"zero-copy blob downloads are off: {why_not}"
+        )
+    side = host_port(settings.host, settings.port + 1)
+    return settings.model_copy(update={"sendfile_listen": side}), (
+        f"zero-copy blob downloads: large blob GETs are redirected to {side} "
+        "(sendfile_listen: off turns this off)"
+    )
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -114,6 +143,9 @@ def serve(settings: Settings) -> None:
     announce_first_admin(settings)
     metrics_dir = tempfile.mkdtemp(prefix="dockyard-metrics-")
     os.environ["DOCKYARD_METRICS_DIR"] = metrics_dir
+    settings, sendfile_choice = resolve_sendfile(settings)
+    if sendfile_choice:
+        print(f"  {sendfile_choice}", file=sys.stderr, flush=True)
     if settings.sendfile_listen is not None and settings.sendfile_secret is None:
         # every worker signs and checks links with the same key
         settings = settings.model_copy(update={"sendfile_secret": secrets.token_hex(32)})

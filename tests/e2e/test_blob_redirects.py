@@ -3,7 +3,6 @@ of an S3 store (SeaweedFS), and to the zero-copy sendfile port."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,17 +35,6 @@ def redirecting_registry(
         yield server
 
 
-def blob_get_statuses(server: Server, name: str) -> list[int]:
-    statuses = []
-    for line in server.log().splitlines():
-        if not line.startswith("{"):
-            continue
-        entry = json.loads(line)
-        if entry["route"] == "blob" and entry["method"] == "GET" and f"/{name}/" in entry["path"]:
-            statuses.append(entry["status"])
-    return statuses
-
-
 def test_skopeo_pushes_and_pulls_through_redirects(
     redirecting_registry: Server, images: ImageSet, tmp_path: Path
 ) -> None:
@@ -60,7 +48,7 @@ def test_skopeo_pushes_and_pulls_through_redirects(
     for digest in images.large.blob_digests:
         copied = tmp_path / "out" / "blobs" / "sha256" / digest.split(":", 1)[1]
         assert sha256_file(copied) == digest
-    statuses = blob_get_statuses(redirecting_registry, "redirect/large")
+    statuses = redirecting_registry.blob_get_statuses("redirect/large")
     assert statuses, "skopeo fetched no blob"
     assert set(statuses) == {307}, statuses
 
@@ -79,5 +67,5 @@ def test_containerd_pulls_through_redirects(
     assert result.returncode == 0
     listed = containerd.ctr(namespace, "images", "ls").stdout
     assert any(line.split()[:1] == [ref] and pushed in line for line in listed.splitlines())
-    statuses = blob_get_statuses(redirecting_registry, "redirect/multi")
+    statuses = redirecting_registry.blob_get_statuses("redirect/multi")
     assert statuses and set(statuses) == {307}, statuses

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -118,3 +119,6 @@ def test_pull_and_run_large_layer(
     assert pull(dockerd, ref) == images.large.digest
     output = run_in(dockerd, ref, "sha256sum", f"/{LARGE_PATH}")
     assert output.split()[0] == images.large_content_digest.split(":", 1)[1]
+    if os.environ.get("DOCKYARD_TEST_TARGET", "dockyard") == "dockyard":
+        # Dockyard's defaults send large layers from the sendfile port, through a redirect
+        assert 307 in registry.blob_get_statuses(repo("large"))

@@ -182,7 +182,8 @@ class OciClient:
         )
 
     def get_blob(self, repository: str, digest: str) -> bytes:
-        response = self.http.get(f"/v2/{repository}/blobs/{digest}")
+        # followed as real clients do: large blobs are redirected to the sendfile port
+        response = self.http.get(f"/v2/{repository}/blobs/{digest}", follow_redirects=True)
         assert response.status_code == 200, explain(response)
         return response.content
 

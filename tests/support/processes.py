@@ -4,6 +4,7 @@ cleanup by PID."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -27,18 +28,34 @@ _PORTS_DIR = Path(tempfile.gettempdir()) / (
 
 
 def free_port() -> int:
-    """A port free now and not handed out before in this run."""
+    """A port free now and not handed out before in this run, with the port above it (a
+    Dockyard started by ``dockyard serve`` serves its sendfile port there by default)."""
     _PORTS_DIR.mkdir(exist_ok=True)
     for _ in range(200):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.bind(("127.0.0.1", 0))
             port = int(sock.getsockname()[1])
-        try:
-            os.close(os.open(_PORTS_DIR / str(port), os.O_CREAT | os.O_EXCL, 0o644))
-        except FileExistsError:
-            continue
-        return port
+        # (a port reserved without its neighbour stays unused: harmless)
+        if port < 65535 and _port_bindable(port + 1) and _reserve(port) and _reserve(port + 1):
+            return port
     raise RuntimeError("no free port that this test run has not used yet")
+
+
+def _port_bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _reserve(port: int) -> bool:
+    try:
+        os.close(os.open(_PORTS_DIR / str(port), os.O_CREAT | os.O_EXCL, 0o644))
+    except FileExistsError:
+        return False
+    return True
 
 
 class ProcessDied(RuntimeError):
@@ -102,6 +119,19 @@ class Server:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def blob_get_statuses(self, name: str) -> list[int]:
+        """The statuses of blob GETs in repository ``name``, from Dockyard's access log."""
+        statuses = []
+        for line in self.log().splitlines():
+            if not line.startswith("{"):
+                continue
+            entry = json.loads(line)
+            if (entry.get("route"), entry.get("method")) == ("blob", "GET") and (
+                f"/v2/{name}/blobs/" in entry.get("path", "")
+            ):
+                statuses.append(int(entry["status"]))
+        return statuses
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         kill_tree(self.proc, sig)

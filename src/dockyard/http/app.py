@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 from dockyard.auth.external import ExternalAuthService, NoTokenEndpoint
 from dockyard.auth.policy import Rules
 from dockyard.auth.service import AuthService, AuthSettings, Caller
-from dockyard.config import Settings, parse_listen
+from dockyard.config import SENDFILE_AUTO, Settings, host_port, parse_listen
 from dockyard.db.schema import uploads
 from dockyard.http import metrics, sendfile
 from dockyard.http.access import authorize
@@ -71,14 +71,10 @@ class _CountingBody:
             yield chunk
 
 
-def host_port(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def sendfile_links(settings: Settings) -> BlobLinks | None:
     """The signed-link maker of the sendfile port, when it is on."""
-    if settings.sendfile_listen is None:
-        return None
+    if settings.sendfile_listen in (None, SENDFILE_AUTO):
+        return None  # `auto` is settled by `dockyard serve` before workers start
     if settings.sendfile_secret is None:
         raise RuntimeError("sendfile_secret must be set before workers start (serve sets it)")
     return BlobLinks(
@@ -87,6 +83,7 @@ def sendfile_links(settings: Settings) -> BlobLinks | None:
         ttl_seconds=settings.sendfile_link_seconds,
         base_url=settings.sendfile_url,
         scheme="https" if settings.tls_cert else "http",
+        listen_port=settings.port,
     )
 
 

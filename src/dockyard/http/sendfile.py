@@ -31,6 +31,15 @@ log = logging.getLogger("dockyard.sendfile")
 
 API_VERSION = ("Docker-Distribution-Api-Version", "registry/2.0")
 
+# a request carrying any of these came through a proxy, which may not pass the side port
+PROXY_HEADERS = (
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-real-ip",
+)
+
 
 @dataclass(frozen=True)
 class BlobLinks:
@@ -41,6 +50,27 @@ class BlobLinks:
     ttl_seconds: int = 60
     base_url: str | None = None
     scheme: str = "http"
+    listen_port: int | None = None  # the registry port, when known
+
+    def reaches_side_port(self, host_header: str | None, proxied: bool) -> bool:
+        """Whether the client can be expected to reach the side port. Always with
+        ``base_url`` (the operator said where it is). Otherwise a link keeps the client's
+        hostname and changes only the port, which works for a client that talks to this
+        server directly: no proxy headers, and the port in its Host header is the port we
+        listen on (not one that a proxy, NAT or a container's port mapping translates)."""
+        if self.base_url:
+            return True
+        if proxied:
+            return False
+        if self.listen_port is None:
+            return True
+        try:
+            port = urlsplit(f"//{host_header or ''}").port
+        except ValueError:
+            return False
+        if port is None:
+            port = 443 if self.scheme == "https" else 80
+        return port == self.listen_port
 
     def _signature(self, digest: str, expires: int) -> str:
         message = f"{digest}\n{expires}".encode()

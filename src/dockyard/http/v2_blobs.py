@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dockyard.http.messages import Request, Response
-from dockyard.http.sendfile import BlobLinks
+from dockyard.http.sendfile import PROXY_HEADERS, BlobLinks
 from dockyard.oci.digest import parse_digest
 from dockyard.oci.errors import DigestInvalid, RangeInvalid
 from dockyard.oci.names import validate_name
@@ -33,11 +33,20 @@ class BlobEndpoints:
         ]
         if etag in (request.header("if-none-match") or ""):
             return Response(304, headers)
-        if (
+        # whether a GET may go to the sendfile port depends on how the client reached us
+        # (its Host, proxy headers): such responses are never reused from the read cache
+        redirectable = (
             self.links is not None
-            and request.method == "GET"
             and blob.path is not None
             and blob.size >= self.redirect_min_bytes
+        )
+        if (
+            redirectable
+            and request.method == "GET"
+            and self.links is not None
+            and self.links.reaches_side_port(
+                request.header("host"), any(request.header(h) for h in PROXY_HEADERS)
+            )
         ):
             location = self.links.url(blob.digest, request.header("host"))
             return Response(
@@ -60,7 +69,7 @@ class BlobEndpoints:
                 file=blob.path,
                 file_range=(0, blob.size),
                 content_length=blob.size,
-                cacheable=True,
+                cacheable=not redirectable,
             )
         start, end = byte_range
         headers.append(("Content-Range", f"bytes {start}-{end - 1}/{blob.size}"))
