@@ -198,6 +198,16 @@ def test_on_by_default_at_the_next_port(tmp_path: Path) -> None:
         assert direct.content == small
 
 
+def test_turned_off_from_the_command_line(tmp_path: Path) -> None:
+    with running_dockyard(tmp_path / "data", "--sendfile-listen", "off") as srv:
+        large = os.urandom(8 * 1024 * 1024)
+        digest = push(srv, "off/large", large)
+        response = httpx.get(f"{srv.url}/v2/off/large/blobs/{digest}")
+        assert response.status_code == 200
+        assert response.content == large
+        assert "zero-copy" not in srv.log()
+
+
 def test_auto_turns_itself_off_where_it_cannot_help_or_bind(tmp_path: Path) -> None:
     import socket
 
@@ -226,6 +236,17 @@ def test_auto_turns_itself_off_where_it_cannot_help_or_bind(tmp_path: Path) -> N
         assert settle(sendfile_listen=off) == (None, "")
     explicit = f"127.0.0.1:{free_port()}"
     assert settle(sendfile_listen=explicit) == (explicit, "")
+
+
+def test_off_in_every_spelling(tmp_path: Path) -> None:
+    from dockyard.config import load_settings
+
+    config = tmp_path / "dockyard.yml"
+    config.write_text("sendfile_listen: off\n")  # YAML reads a bare off as false
+    assert load_settings(config).sendfile_listen is None
+    for value in ("off", "OFF", "", "none"):
+        assert load_settings(sendfile_listen=value).sendfile_listen is None
+    assert load_settings().sendfile_listen == "auto"
 
 
 def test_refuses_the_same_port_twice(tmp_path: Path) -> None:

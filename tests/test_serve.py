@@ -168,9 +168,9 @@ def port_is_free(port: int) -> bool:
 def test_defaults_listen_on_loopback_5000_with_data_in_cwd(
     tmp_path: Path, launcher: Callable[..., Launched]
 ) -> None:
-    """Without flags: 127.0.0.1:5000 (only when 5000 is free here, else just --listen) and
-    ./dockyard-data."""
-    if port_is_free(5000):
+    """Without flags: 127.0.0.1:5000 (only when 5000 and 5001 are free here, else just
+    --listen), the download port above it, and ./dockyard-data."""
+    if port_is_free(5000) and port_is_free(5001):  # 5001: the download port
         port, args = 5000, ["serve"]
     else:
         port = free_port()
@@ -181,6 +181,8 @@ def test_defaults_listen_on_loopback_5000_with_data_in_cwd(
     url = f"http://127.0.0.1:{port}"
     server.wait_ready(url)
     assert listening_hosts(port) == {LOOPBACK_V4}
+    # the zero-copy download port, on the same loopback address
+    wait_until(lambda: listening_hosts(port + 1) == {LOOPBACK_V4}, 10, "the sendfile port")
     # one worker process per CPU, at most 8
     workers = min(os.cpu_count() or 1, 8)
     wait_until(lambda: len(group_members(server.proc.pid)) >= 1 + workers, 10, "the workers")
@@ -397,6 +399,9 @@ def test_tls(tmp_path: Path, certificate: tuple[Path, Path]) -> None:
         # Without trusting the certificate, verification fails: it really is TLS with it.
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{server.url}/v2/", verify=ssl.create_default_context())
+        # no plain-HTTP download port beside a TLS registry
+        assert "zero-copy blob downloads are off: TLS is on" in server.log()
+        assert not listening_hosts(int(server.url.rsplit(":", 1)[1]) + 1)
     finally:
         server.stop()
 

@@ -51,6 +51,11 @@ def main() -> None:
     help="require authentication (users, robots, Docker token auth) [on]; --no-auth: an "
     "open registry, as a bare registry:2",
 )
+@click.option(
+    "--sendfile-listen",
+    help="HOST:PORT that sends large blobs with sendfile(2), `auto` (the listen port + 1 on "
+    "plain HTTP) or `off` [auto]",
+)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option("--access-log/--no-access-log", default=None, help="one JSON line per request")
 def serve(config: Path | None, **flags: Any) -> None:

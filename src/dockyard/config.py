@@ -193,10 +193,14 @@ class Settings(BaseSettings):
         parse_listen(value)
         return value
 
-    @field_validator("sendfile_listen")
+    @field_validator("sendfile_listen", mode="before")
     @classmethod
-    def _check_sendfile_listen(cls, value: str | None) -> str | None:
-        if value is None or value.strip().lower() in ("", "off", "none", "false"):
+    def _check_sendfile_listen(cls, value: object) -> object:
+        if value is None or value is False:  # YAML reads a bare `off` as false
+            return None
+        if not isinstance(value, str):
+            return value  # the type check that follows refuses it
+        if value.strip().lower() in ("", "off", "none", "false"):
             return None
         if value.strip().lower() == "auto":
             return SENDFILE_AUTO
