@@ -1,5 +1,6 @@
 """oras-py: artifacts with custom types, annotations and files (monolithic and chunked
-uploads), artifacts whose ``subject`` is an image, and the referrers API listing them."""
+uploads; a layer large enough to be downloaded through a redirect), artifacts whose
+``subject`` is an image, and the referrers API listing them."""
 
 from __future__ import annotations
 
@@ -60,7 +61,8 @@ def test_artifact_push_and_pull(
     notes = src / "notes.txt"
     notes.write_text("release notes of an e2e artifact\n")
     payload = src / "payload.bin"
-    payload.write_bytes(os.urandom(3 * 1024 * 1024 + 123))
+    # over 8 MiB: on Dockyard's defaults, its GET is redirected to the download port
+    payload.write_bytes(os.urandom(9 * 1024 * 1024 + 123))
     config = src / "config.json"
     config.write_text('{"kind":"e2e"}')
     annotations = {"org.opencontainers.image.description": "e2e artifact", "io.dockyard.e2e": name}
@@ -90,6 +92,8 @@ def test_artifact_push_and_pull(
     assert (out / "notes.txt").read_bytes() == notes.read_bytes()
     assert (out / "payload.bin").read_bytes() == payload.read_bytes()
     assert oras_client.get_tags(f"{registry.host}/{name}") == ["v1"]
+    if TARGET == "dockyard":
+        assert 307 in registry.blob_get_statuses(name)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
-"""podman: pull (single image and index) and push, with mounts from its blob cache.
+"""podman: pull (single image, index, a large layer) and push, with mounts from its blob cache.
 (``podman run`` cannot work on these machines: no CAP_SYS_RESOURCE.)"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -74,6 +75,26 @@ def test_pull_then_push(
     pull(tools, by_digest)
     assert inspect(tools, by_digest, ".Digest") == again
     tools.podman("rmi", "--force", by_digest)
+
+
+def test_pull_large_layer(
+    clean_store: ContainersTools,
+    images: ImageSet,
+    registry: Server,
+    repo: Callable[[str], str],
+) -> None:
+    """The ~100 MiB layer: on Dockyard's defaults it comes from the download port through a
+    redirect, which podman follows."""
+    tools = clean_store
+    name = repo("large")
+    ref = f"{registry.host}/{name}:v1"
+    tools.copy(images.oci("large"), f"docker://{ref}")
+    pull(tools, ref)
+    assert inspect(tools, ref, ".Digest") == images.large.digest
+    assert inspect(tools, ref, ".Id") == images.large.config_digest.split(":", 1)[1]
+    if os.environ.get("DOCKYARD_TEST_TARGET", "dockyard") == "dockyard":
+        assert 307 in registry.blob_get_statuses(name)
+    tools.podman("rmi", "--force", ref)
 
 
 @pytest.mark.parametrize("arch", ["amd64", "arm64"])
