@@ -76,6 +76,11 @@ def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workers]:
     data_dir = tmp_path_factory.mktemp("workers") / "data"
     server = start_dockyard(data_dir, "--workers", str(WORKERS))
     try:
+        # /readyz answered from one worker; the others may still be starting
+        def workers_up() -> bool:
+            return len(group_members(server.proc.pid)) == 1 + WORKERS
+
+        wait_until(workers_up, 30, f"{WORKERS} worker processes")
         members = group_members(server.proc.pid)
         pids = [pid for pid in members if pid != server.proc.pid]
         assert len(pids) == WORKERS, f"expected {WORKERS} workers, found {members}"
