@@ -247,6 +247,8 @@ def test_kill_9_of_the_master_alone_stops_its_workers(tmp_path: Path) -> None:
     workers must not live on as orphans that keep serving the port."""
     server = start_dockyard(tmp_path / "data", "--workers", "2")
     try:
+        # granian forks its workers one after another: wait for the second one too
+        wait_until(lambda: len(group_members(server.proc.pid)) == 3, 30, "2 workers")
         workers = [pid for pid in group_members(server.proc.pid) if pid != server.proc.pid]
         assert len(workers) == 2
         os.kill(server.proc.pid, signal.SIGKILL)
