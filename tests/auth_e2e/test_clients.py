@@ -292,6 +292,35 @@ def test_skopeo_copy_with_credentials(
     assert blobs == {d: images.blob(d) for d in images.multi.blob_digests}
 
 
+@pytest.mark.parametrize("target", ["http"], indirect=True)  # TLS: no download port
+def test_skopeo_pulls_a_large_layer_through_the_download_port(
+    target: AuthRegistry,
+    owner: Namespace,
+    tools: ContainersTools,
+    certificates: Certificates,
+    images: ImageSet,
+    tmp_path: Path,
+) -> None:
+    """With authentication on, a GET of the ~100 MiB layer is authorized on the registry
+    port and then redirected to a signed link on the download port, which needs no
+    credentials of its own."""
+    repository = f"{owner.name}/large"
+    ref = f"docker://{target.host}/{repository}:v1"
+    tools.skopeo(
+        "copy", "--dest-creds", owner.user.colon,
+        *tls_flags(target, certificates, "dest-"), images.oci("large"), ref,
+    )  # fmt: skip
+    out = tmp_path / "out"
+    tools.skopeo(
+        "copy", "--src-creds", owner.robot.colon,
+        *tls_flags(target, certificates, "src-"), ref, f"oci:{out}:v1",
+    )  # fmt: skip
+    digest, blobs = oci_layout_blobs(out, "v1")
+    assert digest == images.large.digest
+    assert blobs == {d: images.blob(d) for d in images.large.blob_digests}
+    assert 307 in target.server.blob_get_statuses(repository)
+
+
 # containerd
 
 
