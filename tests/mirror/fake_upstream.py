@@ -67,14 +67,23 @@ class FakeUpstream:
             def do_GET(self) -> None:
                 self.answer(head=False)
 
-            def send_body(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+            def send_head(self, status: int, length: int, headers: dict[str, str]) -> None:
                 self.send_response(status)
                 for key, value in headers.items():
                     self.send_header(key, value)
-                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Content-Length", str(length))
                 self.end_headers()
+
+            def send_body(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+                self.send_head(status, len(body), headers)
                 if self.command != "HEAD":
                     self.wfile.write(body)
+
+            def send_first_half(self, data: bytes, headers: dict[str, str]) -> None:
+                """A 200 announcing all of ``data``, and only its first half, flushed."""
+                self.send_head(200, len(data), headers)
+                self.wfile.write(data[: len(data) // 2])
+                self.wfile.flush()
 
             def answer(self, head: bool) -> None:
                 path = self.path.split("?", 1)[0]
@@ -119,24 +128,12 @@ class FakeUpstream:
                 if upstream.hold is not None:
                     upstream.hold.wait(timeout=60)
                 if digest in upstream.cut:
-                    self.send_response(200)
-                    for key, value in headers.items():
-                        self.send_header(key, value)
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data[: len(data) // 2])
-                    self.wfile.flush()
+                    self.send_first_half(data, headers)
                     self.connection.shutdown(socket.SHUT_RDWR)
                     self.close_connection = True
                     return
                 if upstream.pause is not None:
-                    self.send_response(200)
-                    for key, value in headers.items():
-                        self.send_header(key, value)
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data[: len(data) // 2])
-                    self.wfile.flush()
+                    self.send_first_half(data, headers)
                     upstream.pause.wait(timeout=60)
                     self.wfile.write(data[len(data) // 2 :])
                     return
