@@ -35,20 +35,17 @@ class BlobEndpoints:
             return Response(304, headers)
         # whether a GET may go to the sendfile port depends on how the client reached us
         # (its Host, proxy headers): such responses are never reused from the read cache
-        redirectable = (
-            self.links is not None
-            and blob.path is not None
-            and blob.size >= self.redirect_min_bytes
+        links = (
+            self.links if blob.path is not None and blob.size >= self.redirect_min_bytes else None
         )
         if (
-            redirectable
+            links is not None
             and request.method == "GET"
-            and self.links is not None
-            and self.links.reaches_side_port(
+            and links.reaches_side_port(
                 request.header("host"), any(request.header(h) for h in PROXY_HEADERS)
             )
         ):
-            location = self.links.url(blob.digest, request.header("host"))
+            location = links.url(blob.digest, request.header("host"))
             return Response(
                 307,
                 [
@@ -69,7 +66,7 @@ class BlobEndpoints:
                 file=blob.path,
                 file_range=(0, blob.size),
                 content_length=blob.size,
-                cacheable=not redirectable,
+                cacheable=links is None,
             )
         start, end = byte_range
         headers.append(("Content-Range", f"bytes {start}-{end - 1}/{blob.size}"))
