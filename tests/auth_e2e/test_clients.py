@@ -254,6 +254,30 @@ def oci_layout_blobs(layout: Path, tag: str) -> tuple[str, dict[str, bytes]]:
     return entry["digest"], {digest: blob(digest) for digest in digests}
 
 
+def skopeo_push(
+    target: AuthRegistry, tools: ContainersTools, certificates: Certificates, login: Login,
+    source: str, ref: str, *flags: str,
+) -> None:  # fmt: skip
+    """``skopeo copy`` from ``source`` to the registry with ``login``'s credentials."""
+    tools.skopeo(
+        "copy", "--dest-creds", login.colon, *tls_flags(target, certificates, "dest-"),
+        *flags, source, ref,
+    )  # fmt: skip
+
+
+def skopeo_pull(
+    target: AuthRegistry, tools: ContainersTools, certificates: Certificates, login: Login,
+    ref: str, out: Path,
+) -> tuple[str, dict[str, bytes]]:  # fmt: skip
+    """``skopeo copy`` from the registry into an OCI layout with ``login``'s credentials;
+    the manifest digest and the blobs that arrived."""
+    tools.skopeo(
+        "copy", "--src-creds", login.colon, *tls_flags(target, certificates, "src-"),
+        ref, f"oci:{out}:v1",
+    )  # fmt: skip
+    return oci_layout_blobs(out, "v1")
+
+
 def test_skopeo_copy_with_credentials(
     target: AuthRegistry,
     owner: Namespace,
@@ -270,10 +294,9 @@ def test_skopeo_copy_with_credentials(
     repository = f"{owner.name}/skopeo"
     ref = f"docker://{target.host}/{repository}:v1"
     digestfile = tmp_path / "digest"
-    tools.skopeo(
-        "copy", "--dest-creds", pusher.colon,
-        *tls_flags(target, certificates, "dest-"),
-        "--digestfile", str(digestfile), images.oci("multi"), ref,
+    skopeo_push(
+        target, tools, certificates, pusher, images.oci("multi"), ref,
+        "--digestfile", str(digestfile),
     )  # fmt: skip
     assert digestfile.read_text().strip() == images.multi.digest
 
@@ -282,12 +305,7 @@ def test_skopeo_copy_with_credentials(
     assert refused.returncode != 0
     assert "unauthorized" in refused.stderr.lower() or "denied" in refused.stderr.lower()
 
-    out = tmp_path / "out"
-    tools.skopeo(
-        "copy", "--src-creds", puller.colon,
-        *tls_flags(target, certificates, "src-"), ref, f"oci:{out}:v1",
-    )  # fmt: skip
-    digest, blobs = oci_layout_blobs(out, "v1")
+    digest, blobs = skopeo_pull(target, tools, certificates, puller, ref, tmp_path / "out")
     assert digest == images.multi.digest
     assert blobs == {d: images.blob(d) for d in images.multi.blob_digests}
 
@@ -306,16 +324,8 @@ def test_skopeo_pulls_a_large_layer_through_the_download_port(
     credentials of its own."""
     repository = f"{owner.name}/large"
     ref = f"docker://{target.host}/{repository}:v1"
-    tools.skopeo(
-        "copy", "--dest-creds", owner.user.colon,
-        *tls_flags(target, certificates, "dest-"), images.oci("large"), ref,
-    )  # fmt: skip
-    out = tmp_path / "out"
-    tools.skopeo(
-        "copy", "--src-creds", owner.robot.colon,
-        *tls_flags(target, certificates, "src-"), ref, f"oci:{out}:v1",
-    )  # fmt: skip
-    digest, blobs = oci_layout_blobs(out, "v1")
+    skopeo_push(target, tools, certificates, owner.user, images.oci("large"), ref)
+    digest, blobs = skopeo_pull(target, tools, certificates, owner.robot, ref, tmp_path / "out")
     assert digest == images.large.digest
     assert blobs == {d: images.blob(d) for d in images.large.blob_digests}
     assert 307 in target.server.blob_get_statuses(repository)
