@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import tarfile
 from dataclasses import dataclass
 from typing import Any
@@ -15,8 +16,19 @@ from typing import Any
 import httpx
 
 from tests.e2e.layout import DOCKER_LIST, DOCKER_MANIFEST, INDEX_TYPES, OCI_INDEX, OCI_MANIFEST
+from tests.support.processes import Server
 
 MANIFEST_ACCEPT = ", ".join([OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST])
+TARGET = os.environ.get("DOCKYARD_TEST_TARGET", "dockyard")
+
+
+def assert_downloaded_through_redirect(registry: Server, name: str) -> None:
+    """On Dockyard's defaults, blob GETs of 8 MiB and more in repository ``name`` were
+    answered with a redirect to the zero-copy download port (checked in the access log;
+    Distribution and the scale-out setup, with S3 redirects off, send blobs directly)."""
+    if TARGET == "dockyard":
+        statuses = registry.blob_get_statuses(name)
+        assert 307 in statuses, statuses
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -24,7 +23,7 @@ from tests.e2e.images import (
     ImageSet,
 )
 from tests.e2e.layout import DOCKER_MANIFEST
-from tests.e2e.registry_api import RegistryAPI
+from tests.e2e.registry_api import RegistryAPI, assert_downloaded_through_redirect
 from tests.support.processes import Server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("docker")]
@@ -119,6 +118,4 @@ def test_pull_and_run_large_layer(
     assert pull(dockerd, ref) == images.large.digest
     output = run_in(dockerd, ref, "sha256sum", f"/{LARGE_PATH}")
     assert output.split()[0] == images.large_content_digest.split(":", 1)[1]
-    if os.environ.get("DOCKYARD_TEST_TARGET", "dockyard") == "dockyard":
-        # Dockyard's defaults send large layers from the sendfile port, through a redirect
-        assert 307 in registry.blob_get_statuses(repo("large"))
+    assert_downloaded_through_redirect(registry, repo("large"))

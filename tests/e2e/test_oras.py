@@ -19,12 +19,11 @@ from tests.e2e.containers_tools import ContainersTools
 from tests.e2e.images import ImageSet
 from tests.e2e.layout import OCI_EMPTY, OCI_INDEX, OCI_MANIFEST, sha256_bytes
 from tests.e2e.oras_client import fast_retries, make_client
-from tests.e2e.registry_api import RegistryAPI
+from tests.e2e.registry_api import TARGET, RegistryAPI, assert_downloaded_through_redirect
 from tests.support.processes import Server
 
 pytestmark = pytest.mark.e2e
 
-TARGET = os.environ.get("DOCKYARD_TEST_TARGET", "dockyard")
 CONFIG_TYPE = "application/vnd.dockyard.e2e.config.v1+json"
 NOTES_TYPE = "application/vnd.dockyard.e2e.notes.v1+txt"
 SIGNATURE_TYPE = "application/vnd.dockyard.e2e.signature.v1"
@@ -92,8 +91,7 @@ def test_artifact_push_and_pull(
     assert (out / "notes.txt").read_bytes() == notes.read_bytes()
     assert (out / "payload.bin").read_bytes() == payload.read_bytes()
     assert oras_client.get_tags(f"{registry.host}/{name}") == ["v1"]
-    if TARGET == "dockyard":
-        assert 307 in registry.blob_get_statuses(name)
+    assert_downloaded_through_redirect(registry, name)
 
 
 @dataclass(frozen=True)
