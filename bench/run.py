@@ -1021,7 +1021,7 @@ def run_session(
             # The second push of a session runs on a disk still busy with the first (the
             # virtual disk keeps writing after the guest's sync returns): alternate the
             # order between rounds, so that neither push is always second.
-            steps[-2:] = steps[-1:-3:-1]
+            steps[-2:] = reversed(steps[-2:])
         other_total, wall_total = 0.0, 0.0
         for name, fn in steps:
             if name not in only:
@@ -1167,11 +1167,8 @@ def render(
             f"{min(ceiling_durable):.2f}..{max(ceiling_durable):.2f} | |"
         )
         for key, what in (("push_put_gbps", "one PUT"), ("push_chunk_gbps", "PATCHes")):
-            parts = [
-                f"{lab} {median(results[lab][key]) / c:.0%} ({median(results[lab][key]) / cd:.0%})"
-                for lab in labels
-                if results[lab].get(key)
-            ]
+            pushed = {lab: median(results[lab][key]) for lab in labels if results[lab].get(key)}
+            parts = [f"{lab} {gbps / c:.0%} ({gbps / cd:.0%})" for lab, gbps in pushed.items()]
             if parts:
                 lines.append("")
                 lines.append(
