@@ -64,7 +64,7 @@ class FileUploadWriter:
         self._writeback_bytes = writeback_bytes
         # flush each time the file grows past a multiple of writeback_bytes: an upload sent
         # as many smaller PATCHes (a writer each) is flushed ahead as one big PUT is
-        self._flush_at = (size // writeback_bytes + 1) * writeback_bytes if writeback_bytes else 0
+        self._flush_at = self._next_flush(size)
         self._flushing: Future[None] | None = None
         # flushes use a descriptor of their own, without the lock: closing this writer
         # (and so releasing the upload to its next request) never waits for one
@@ -75,6 +75,11 @@ class FileUploadWriter:
                 if os.fstat(self._flush_fd).st_ino != held.st_ino:
                     os.close(self._flush_fd)
                     self._flush_fd = -1
+
+    def _next_flush(self, size: int) -> int:
+        """The next multiple of writeback_bytes above ``size``."""
+        step = self._writeback_bytes
+        return (size // step + 1) * step if step else 0
 
     @property
     def size(self) -> int:
@@ -91,7 +96,7 @@ class FileUploadWriter:
             and self._size >= self._flush_at
             and (self._flushing is None or self._flushing.done())
         ):
-            self._flush_at = (self._size // self._writeback_bytes + 1) * self._writeback_bytes
+            self._flush_at = self._next_flush(self._size)
             self._flushing = _writeback.submit(_flush_quietly, self._flush_fd)
 
     def flush(self) -> None:
