@@ -244,8 +244,17 @@ class HttpConn:
         self.timeout = timeout
         self._sock: socket.socket | None = None
         self._rfile: BinaryIO | None = None
+        self._others: dict[tuple[str, int], HttpConn] = {}
+
+    def other(self, host: str, port: int) -> HttpConn:
+        """A kept-alive connection to another port, closed with this one."""
+        if (host, port) not in self._others:
+            self._others[(host, port)] = HttpConn(host, port, self.timeout)
+        return self._others[(host, port)]
 
     def close(self) -> None:
+        for other in self._others.values():
+            other.close()
         if self._rfile is not None:
             self._rfile.close()
         if self._sock is not None:
@@ -362,8 +371,17 @@ def location_target(resp: Response) -> str:
     loc = resp.header("location")
     if not loc:
         raise BenchError(f"upload response {resp.status} has no Location header")
-    parts = urllib.parse.urlsplit(loc)
-    return parts.path + (f"?{parts.query}" if parts.query else "")
+    return loc
+
+
+def follow(conn: HttpConn, location: str) -> tuple[HttpConn, str]:
+    """The connection and request target for an upload ``Location``: relative, or absolute
+    on another port (Dockyard's data port), as real clients follow it."""
+    parts = urllib.parse.urlsplit(location)
+    target = parts.path + (f"?{parts.query}" if parts.query else "")
+    if not parts.netloc or (parts.hostname, parts.port) == (conn.host, conn.port):
+        return conn, target
+    return conn.other(parts.hostname or conn.host, parts.port or 80), target
 
 
 def with_query(target: str, **params: str) -> str:
@@ -385,8 +403,8 @@ def start_upload(conn: HttpConn, repo: str) -> str:
 
 def push_bytes(conn: HttpConn, repo: str, data: bytes) -> str:
     digest = sha256_bytes(data)
-    target = start_upload(conn, repo)
-    resp = conn.request(
+    up, target = follow(conn, start_upload(conn, repo))
+    resp = up.request(
         "PUT",
         with_query(target, digest=digest),
         {"Content-Type": "application/octet-stream"},
@@ -399,8 +417,8 @@ def push_bytes(conn: HttpConn, repo: str, data: bytes) -> str:
 def push_file_one_put(conn: HttpConn, repo: str, path: Path, digest: str) -> None:
     size = path.stat().st_size
     with path.open("rb") as f:
-        target = start_upload(conn, repo)
-        resp = conn.request(
+        up, target = follow(conn, start_upload(conn, repo))
+        resp = up.request(
             "PUT",
             with_query(target, digest=digest),
             {"Content-Type": "application/octet-stream"},
@@ -416,13 +434,13 @@ def push_file_chunked(
     goes on a new connection (so with several server workers, chunks land in different ones)."""
     size = path.stat().st_size
     with path.open("rb") as f:
-        target = start_upload(conn, repo)
+        up, target = follow(conn, start_upload(conn, repo))
         offset = 0
         while offset < size:
             if reconnect:
-                conn.close()
+                up.close()
             n = min(chunk, size - offset)
-            resp = conn.request(
+            resp = up.request(
                 "PATCH",
                 target,
                 {
@@ -432,11 +450,11 @@ def push_file_chunked(
                 FileSlice(f.fileno(), offset, n),
             )
             expect(resp, 202, f"PATCH {offset}-{offset + n - 1}")
-            target = location_target(resp)
+            up, target = follow(conn, location_target(resp))
             offset += n
         if reconnect:
-            conn.close()
-        resp = conn.request("PUT", with_query(target, digest=digest))
+            up.close()
+        resp = up.request("PUT", with_query(target, digest=digest))
     expect(resp, 201, "final PUT ?digest= after PATCHes")
 
 

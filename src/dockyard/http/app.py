@@ -21,7 +21,7 @@ from dockyard.auth.policy import Rules
 from dockyard.auth.service import AuthService, AuthSettings, Caller
 from dockyard.config import SENDFILE_AUTO, Settings, host_port, parse_listen
 from dockyard.db.schema import uploads
-from dockyard.http import metrics, sendfile
+from dockyard.http import dataport, metrics
 from dockyard.http.access import authorize
 from dockyard.http.api import ManagementAPI
 from dockyard.http.messages import (
@@ -203,10 +203,13 @@ class App:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.minimum_version = ssl.TLSVersion.TLSv1_2
             context.load_cert_chain(self.settings.tls_cert, self.settings.tls_key)
+        blobs = BlobEndpoints(self.registry, links, self.settings.sendfile_min_bytes)
         try:
-            self.sendfile = await sendfile.start_server(
-                links, self.registry.ctx.store, host, port, context
+            self.sendfile, serving = await dataport.start(
+                links, self.registry.ctx.store, blobs, self.record, host, port, context
             )
+            if serving is not None:
+                self._tasks.append(serving)
         except Exception:
             # blob GETs then keep redirecting to a port nobody serves: make it loud
             log.exception("the sendfile port %s could not be served", host_port(host, port))

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import parse_qs
 
 from dockyard.oci.errors import RegistryError, SizeInvalid
+from dockyard.storage.base import SocketBody
 
 API_VERSION_HEADER = ("Docker-Distribution-Api-Version", "registry/2.0")
 DRAIN_LIMIT = 16 * 1024 * 1024
@@ -38,6 +39,7 @@ class Request:
     may_pull: Callable[[str], Awaitable[bool]] | None = field(default=None, repr=False)
     # Which of these repositories may the caller see? (the catalog)
     visible: Callable[[list[str]], Awaitable[list[str]]] | None = field(default=None, repr=False)
+    data_port: bool = False  # came through the data port (a signed upload link)
     _query: dict[str, list[str]] | None = field(default=None, repr=False)
 
     @property
@@ -76,6 +78,11 @@ class Request:
     async def chunks(self) -> AsyncIterator[bytes]:
         async for chunk in self.body:
             yield chunk
+
+    def upload_body(self) -> AsyncIterable[bytes]:
+        """The body for an upload: a body still in its socket as it is (the writer may take
+        it from there itself), anything else as chunks."""
+        return self.body if isinstance(self.body, SocketBody) else self.chunks()
 
     async def drain(self, limit: int = DRAIN_LIMIT) -> None:
         """Read and drop up to ``limit`` bytes of an unread body."""

@@ -17,8 +17,8 @@ import hashlib
 import hmac
 import json
 import logging
-import ssl
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
@@ -28,8 +28,11 @@ from dockyard.oci.digest import parse_digest
 from dockyard.storage.base import BlobStore
 
 log = logging.getLogger("dockyard.sendfile")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 API_VERSION = ("Docker-Distribution-Api-Version", "registry/2.0")
+# an upload link outlives a download link: a client may take a while between chunks
+UPLOAD_LINK_SECONDS = 3600
 
 # a request carrying any of these came through a proxy, which may not pass the side port
 PROXY_HEADERS = (
@@ -72,22 +75,42 @@ class BlobLinks:
             port = 443 if self.scheme == "https" else 80
         return port == self.listen_port
 
-    def _signature(self, digest: str, expires: int) -> str:
-        message = f"{digest}\n{expires}".encode()
+    def _signature(self, subject: str, expires: int) -> str:
+        message = f"{subject}\n{expires}".encode()
         return hmac.new(self.secret, message, hashlib.sha256).hexdigest()
+
+    def _signed(
+        self, path: str, subject: str, ttl: int, host_header: str | None, now: float | None
+    ) -> str:
+        expires = int(now if now is not None else time.time()) + ttl
+        query = f"expires={expires}&signature={self._signature(subject, expires)}"
+        return self._side_url(host_header) + f"{path}?{query}"
+
+    def _side_url(self, host_header: str | None) -> str:
+        if self.base_url:
+            return self.base_url.rstrip("/")
+        return f"{self.scheme}://{_hostname(host_header)}:{self.port}"
 
     def url(self, digest: str, host_header: str | None, now: float | None = None) -> str:
         """The link a client follows for ``digest``; ``host_header`` is the Host the client
         used for the registry (its hostname is kept, the port becomes the side port)."""
-        expires = int(now if now is not None else time.time()) + self.ttl_seconds
-        query = f"expires={expires}&signature={self._signature(digest, expires)}"
-        path = f"/blobs/{quote(digest, safe=':')}?{query}"
-        if self.base_url:
-            return self.base_url.rstrip("/") + path
-        hostname = urlsplit(f"//{host_header or '127.0.0.1'}").hostname or "127.0.0.1"
-        if ":" in hostname:
-            hostname = f"[{hostname}]"  # IPv6 literal
-        return f"{self.scheme}://{hostname}:{self.port}{path}"
+        path = f"/blobs/{quote(digest, safe=':')}"
+        return self._signed(path, digest, self.ttl_seconds, host_header, now)
+
+    def upload_url(self, name: str, upload_id: str, host_header: str | None) -> str:
+        """Where the client sends the rest of upload ``upload_id`` of repository ``name``:
+        the data port, with a link that is the authorisation (the client does not send
+        its registry credentials to another port)."""
+        path = f"/v2/{name}/blobs/uploads/{upload_id}"
+        subject = _upload_subject(name, upload_id)
+        return self._signed(path, subject, UPLOAD_LINK_SECONDS, host_header, None)
+
+    def registry_url(self, host_header: str | None) -> str | None:
+        """The registry port's address for a client of the data port (None when the data
+        port's address is the operator's ``sendfile_url`` and the registry's unknown)."""
+        if self.base_url or self.listen_port is None:
+            return None
+        return f"{self.scheme}://{_hostname(host_header)}:{self.listen_port}"
 
     def verify(self, digest: str, expires: str, signature: str, now: float | None = None) -> bool:
         if not expires.isdigit() or len(expires) > 12:
@@ -97,6 +120,23 @@ class BlobLinks:
         expected = self._signature(digest, int(expires))
         return hmac.compare_digest(expected, signature)
 
+    def verify_upload(self, name: str, upload_id: str, expires: str, signature: str) -> bool:
+        return self.verify(_upload_subject(name, upload_id), expires, signature)
+
+
+def _upload_subject(name: str, upload_id: str) -> str:
+    # three lines: never the same message as a download link's digest
+    return f"upload\n{name}\n{upload_id}"
+
+
+def _hostname(host_header: str | None) -> str:
+    """The hostname of a Host header (the client's name for this server), for a URL."""
+    try:
+        hostname = urlsplit(f"//{host_header or '127.0.0.1'}").hostname or "127.0.0.1"
+    except ValueError:
+        hostname = "127.0.0.1"
+    return f"[{hostname}]" if ":" in hostname else hostname  # an IPv6 literal
+
 
 def _error(status: int, code: str, message: str) -> web.Response:
     body = json.dumps({"errors": [{"code": code, "message": message, "detail": None}]})
@@ -105,7 +145,9 @@ def _error(status: int, code: str, message: str) -> web.Response:
     )
 
 
-def make_application(links: BlobLinks, store: BlobStore) -> web.Application:
+def make_application(
+    links: BlobLinks, store: BlobStore, uploads: Handler | None = None
+) -> web.Application:
     async def blob(request: web.Request) -> web.StreamResponse:
         digest = request.match_info["digest"]
         try:
@@ -135,21 +177,7 @@ def make_application(links: BlobLinks, store: BlobStore) -> web.Application:
 
     app = web.Application()
     app.router.add_get("/blobs/{digest}", blob)  # and HEAD
+    if uploads is not None:  # signed upload links (http/dataport.py)
+        app.router.add_route("*", "/v2/{tail:.*}", uploads)
     app.router.add_route("*", "/{tail:.*}", not_found)
     return app
-
-
-async def start_server(
-    links: BlobLinks,
-    store: BlobStore,
-    host: str,
-    port: int,
-    ssl_context: ssl.SSLContext | None = None,
-) -> web.AppRunner:
-    """Serve the side port from this worker (every worker binds it with SO_REUSEPORT, as
-    granian does the main port)."""
-    runner = web.AppRunner(make_application(links, store), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, ssl_context=ssl_context, reuse_port=True)
-    await site.start()
-    return runner

@@ -35,17 +35,11 @@ class BlobEndpoints:
             return Response(304, headers)
         # whether a GET may go to the sendfile port depends on how the client reached us
         # (its Host, proxy headers): such responses are never reused from the read cache
-        links = (
-            self.links if blob.path is not None and blob.size >= self.redirect_min_bytes else None
-        )
-        if (
-            links is not None
-            and request.method == "GET"
-            and links.reaches_side_port(
-                request.header("host"), any(request.header(h) for h in PROXY_HEADERS)
-            )
-        ):
-            location = links.url(blob.digest, request.header("host"))
+        large = blob.path is not None and blob.size >= self.redirect_min_bytes
+        links = self.links if large else None
+        reachable = self._data_port(request) if links is not None else None
+        if reachable is not None and request.method == "GET":
+            location = reachable.url(blob.digest, request.header("host"))
             return Response(
                 307,
                 [
@@ -105,6 +99,45 @@ class BlobEndpoints:
             stream=stream,
         )
 
+    def _data_port(self, request: Request) -> BlobLinks | None:
+        """The link maker of the data port, if this client can be sent there."""
+        links = self.links
+        if links is None:
+            return None
+        if request.data_port:
+            return links
+        proxied = any(request.header(h) for h in PROXY_HEADERS)
+        return links if links.reaches_side_port(request.header("host"), proxied) else None
+
+    def _created(self, request: Request, name: str, digest: str) -> Response:
+        location = f"/v2/{name}/blobs/{digest}"
+        if request.data_port and self.links is not None:
+            # the blob is on the registry port, not on the data port this came through
+            location = (self.links.registry_url(request.header("host")) or "") + location
+        return Response(
+            201,
+            [("Location", location), ("Docker-Content-Digest", digest), ("Content-Length", "0")],
+        )
+
+    def _accepted(
+        self, request: Request, name: str, status: UploadStatus, status_code: int = 202
+    ) -> Response:
+        last = status.size - 1 if status.size else 0
+        links = self._data_port(request)
+        if links is not None:  # the rest of the upload goes to the data port
+            location = links.upload_url(name, status.id, request.header("host"))
+        else:
+            location = f"/v2/{name}/blobs/uploads/{status.id}"
+        return Response(
+            status_code,
+            [
+                ("Location", location),
+                ("Docker-Upload-UUID", status.id),
+                ("Range", f"0-{last}"),
+                ("Content-Length", "0"),
+            ],
+        )
+
     async def delete(self, request: Request, name: str, digest: str) -> Response:
         validate_name(name)
         await self.registry.blobs.delete(name, digest)
@@ -122,31 +155,31 @@ class BlobEndpoints:
                 # Without pull on the source, the mount silently becomes an upload.
                 readable = request.may_pull is None or await request.may_pull(source)
                 if readable and await self.registry.blobs.mount(name, mount, source):
-                    return _created(name, mount)
+                    return self._created(request, name, mount)
         digest = request.arg("digest")
         if digest is not None:
             status = await self.registry.uploads.push(
-                name, digest, request.chunks(), request.content_length()
+                name, digest, request.upload_body(), request.content_length()
             )
-            return _created(name, digest)
+            return self._created(request, name, digest)
         algorithm = request.arg("digest-algorithm") or "sha256"
         status = await self.registry.uploads.start(name, algorithm)
-        return _accepted(name, status)
+        return self._accepted(request, name, status)
 
     # GET/PATCH/PUT/DELETE /v2/<name>/blobs/uploads/<id>
 
     async def status(self, request: Request, name: str, upload: str) -> Response:
         validate_name(name)
         status = await self.registry.uploads.status(name, upload)
-        return _accepted(name, status, status_code=204)
+        return self._accepted(request, name, status, status_code=204)
 
     async def patch(self, request: Request, name: str, upload: str) -> Response:
         validate_name(name)
         start, length = _chunk_bounds(request)
         status = await self.registry.uploads.append(
-            name, upload, request.chunks(), start=start, length=length
+            name, upload, request.upload_body(), start=start, length=length
         )
-        return _accepted(name, status)
+        return self._accepted(request, name, status)
 
     async def put(self, request: Request, name: str, upload: str) -> Response:
         validate_name(name)
@@ -160,40 +193,16 @@ class BlobEndpoints:
             name,
             upload,
             digest,
-            request.chunks() if has_body else None,
+            request.upload_body() if has_body else None,
             length=length,
             start=start,
         )
-        return _created(name, digest)
+        return self._created(request, name, digest)
 
     async def cancel(self, request: Request, name: str, upload: str) -> Response:
         validate_name(name)
         await self.registry.uploads.cancel(name, upload)
         return Response(204, [("Content-Length", "0")])
-
-
-def _created(name: str, digest: str) -> Response:
-    return Response(
-        201,
-        [
-            ("Location", f"/v2/{name}/blobs/{digest}"),
-            ("Docker-Content-Digest", digest),
-            ("Content-Length", "0"),
-        ],
-    )
-
-
-def _accepted(name: str, status: UploadStatus, status_code: int = 202) -> Response:
-    last = status.size - 1 if status.size else 0
-    return Response(
-        status_code,
-        [
-            ("Location", f"/v2/{name}/blobs/uploads/{status.id}"),
-            ("Docker-Upload-UUID", status.id),
-            ("Range", f"0-{last}"),
-            ("Content-Length", "0"),
-        ],
-    )
 
 
 def _chunk_bounds(request: Request) -> tuple[int | None, int | None]:

@@ -1,7 +1,8 @@
 """Blob uploads: sessions that become blobs only once their digest is verified.
 
 Bytes are appended to the blob store's upload area while a running hash advances, inline
-on the event loop (one write and one hash update per received chunk). The running hash
+on the event loop (one write and one hash update per received chunk), or, for a body still
+in its socket (the data port's uploads), by the writer itself on a transfer thread. The running hash
 lives in the process that received the bytes; a chunk or a final PUT that lands in another
 worker process re-hashes the bytes already stored (from disk, ~1.2 GB/s) and carries on.
 """
@@ -11,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import socket
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import TypeVar
@@ -34,10 +37,15 @@ from dockyard.oci.errors import (
 )
 from dockyard.registry.context import Context, kept_or_undone
 from dockyard.registry.lifecycle import enforce_quota
-from dockyard.storage.base import UploadBusy, UploadWriter
+from dockyard.storage.base import SocketBody, UploadBusy, UploadWriter
+from dockyard.storage.splice import BodyTimeout, BodyTruncated
 
 _MAX_RUNNING_HASHES = 4096
 T = TypeVar("T")
+Body = AsyncIterable[bytes]  # chunks, or a SocketBody
+# bodies taken straight from their sockets move on these threads (not the executor the
+# database calls share: a transfer holds its thread for as long as the client sends)
+_transfers = ThreadPoolExecutor(max_workers=32, thread_name_prefix="transfer")
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,24 +181,17 @@ class Uploads:
         upload_id: str,
         writer: UploadWriter,
         state: _RunningHash,
-        chunks: AsyncIterator[bytes],
+        chunks: Body,
         length: int | None,
     ) -> None:
         """Append the body to the upload, all of it or (on any failure) none of it."""
-        received = 0
         try:
-            async for chunk in chunks:
-                if not chunk:
-                    continue
-                backlog = writer.write(chunk)
-                state.hasher.update(chunk)
-                received += len(chunk)
-                if length is not None and received > length:
-                    raise SizeInvalid(
-                        "request body is longer than its Content-Length / Content-Range"
-                    )
-                if backlog is not None:  # a remote store is still storing earlier bytes
-                    await asyncio.shield(asyncio.wrap_future(backlog))
+            receive = getattr(writer, "receive", None)
+            if isinstance(chunks, SocketBody) and receive is not None:
+                await _from_socket(receive, chunks, state.hasher)
+                received = chunks.received
+            else:
+                received = await _write_chunks(writer, state, chunks, length)
             if length is not None and received != length:
                 raise SizeInvalid(
                     f"received {received} bytes but the request declared {length}",
@@ -207,7 +208,7 @@ class Uploads:
         self,
         name: str,
         upload_id: str,
-        chunks: AsyncIterator[bytes],
+        chunks: Body,
         start: int | None = None,
         length: int | None = None,
     ) -> UploadStatus:
@@ -226,7 +227,7 @@ class Uploads:
         name: str,
         upload_id: str,
         digest: str,
-        chunks: AsyncIterator[bytes] | None = None,
+        chunks: Body | None = None,
         length: int | None = None,
         start: int | None = None,
     ) -> UploadStatus:
@@ -300,9 +301,7 @@ class Uploads:
             self._hashes.pop(upload_id, None)
         return len(victims)
 
-    async def push(
-        self, name: str, digest: str, chunks: AsyncIterator[bytes], length: int | None
-    ) -> UploadStatus:
+    async def push(self, name: str, digest: str, chunks: Body, length: int | None) -> UploadStatus:
         """A single-request upload (``POST ?digest=`` with the whole blob as the body)."""
         parsed = parse_digest(digest)
         status = await self.start(name, parsed.algorithm)
@@ -312,6 +311,43 @@ class Uploads:
             with contextlib.suppress(BlobUploadUnknown):
                 await self.cancel(name, status.id)
             raise
+
+
+async def _from_socket(
+    receive: Callable[[SocketBody, object], None], body: SocketBody, hasher: object
+) -> None:
+    """Run ``receive(body, hasher)`` on a transfer thread; a cancelled request shuts the
+    socket, so the thread stops at once, and waits for it (the caller then rolls back)."""
+    transfer = asyncio.get_running_loop().run_in_executor(_transfers, receive, body, hasher)
+    try:
+        await asyncio.shield(transfer)
+    except asyncio.CancelledError:
+        with contextlib.suppress(OSError):
+            body.sock.shutdown(socket.SHUT_RDWR)
+        await asyncio.wait([transfer])
+        raise
+    except (BodyTruncated, BodyTimeout, ConnectionError) as exc:
+        raise SizeInvalid(
+            f"received {body.received} bytes but the request declared {body.length} ({exc})",
+            detail={"declared": body.length, "received": body.received},
+        ) from None
+
+
+async def _write_chunks(
+    writer: UploadWriter, state: _RunningHash, chunks: Body, length: int | None
+) -> int:
+    received = 0
+    async for chunk in chunks:
+        if not chunk:
+            continue
+        backlog = writer.write(chunk)
+        state.hasher.update(chunk)
+        received += len(chunk)
+        if length is not None and received > length:
+            raise SizeInvalid("request body is longer than its Content-Length / Content-Range")
+        if backlog is not None:  # a remote store is still storing earlier bytes
+            await asyncio.shield(asyncio.wrap_future(backlog))
+    return received
 
 
 def _remove_row(conn: Connection, upload_id: str) -> bool:

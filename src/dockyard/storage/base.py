@@ -7,9 +7,12 @@ either no blob or the whole, verified blob.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import Future
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 
 class UploadWriter(Protocol):
@@ -35,6 +38,37 @@ class UploadWriter(Protocol):
 
     def close(self) -> None:
         """Flush what is left and release the upload's lock."""
+
+
+@dataclass
+class SocketBody:
+    """A request body of ``length`` bytes still unread in a (non-blocking) socket: a
+    writer with ``receive(body, hasher)`` takes it from there itself (the data port's
+    uploads, http/dataport.py); anything else reads it as chunks."""
+
+    sock: socket.socket
+    length: int
+    timeout: float = 300.0
+    received: int = 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        loop = asyncio.get_running_loop()
+        while self.received < self.length:
+            chunk = await asyncio.wait_for(
+                loop.sock_recv(self.sock, min(self.length - self.received, 1024 * 1024)),
+                self.timeout,
+            )
+            if not chunk:
+                return
+            self.received += len(chunk)
+            yield chunk
+
+
+class ReceivingWriter(UploadWriter, Protocol):
+    """An upload writer that can take a body straight from its socket."""
+
+    def receive(self, body: SocketBody, hasher: Any) -> None:
+        """Append all of ``body``, updating ``hasher``; blocks (run it on a thread)."""
 
 
 class BlobLock(Protocol):

@@ -18,8 +18,10 @@ import re
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
-from dockyard.storage.base import UploadBusy
+from dockyard.storage import splice
+from dockyard.storage.base import SocketBody, UploadBusy
 
 _UPLOAD_ID_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 _READ_CHUNK = 1024 * 1024
@@ -59,6 +61,7 @@ class FileUploadWriter:
             os.close(fd)
             raise ValueError(f"upload has {size} bytes, chunk starts at {offset}")
         self._fd = fd
+        self._path = path
         self._start = size
         self._size = size
         self._writeback_bytes = writeback_bytes
@@ -90,7 +93,42 @@ class FileUploadWriter:
         while view:
             written = os.write(self._fd, view)
             view = view[written:]
-        self._size += len(data)
+        self._grew(len(data))
+
+    def receive(self, body: SocketBody, hasher: Any) -> None:
+        """Append ``body.length`` bytes straight from the body's socket, hashing them
+        with ``hasher`` (storage/splice.py). Blocks: run it on a thread."""
+        # splice writes at an offset, which a descriptor opened to append refuses
+        write_fd = os.open(self._path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            read_fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
+        except BaseException:
+            os.close(write_fd)
+            raise
+
+        def grew(count: int) -> None:
+            self._grew(count)
+            body.received += count
+
+        try:
+            if os.fstat(write_fd).st_ino != os.fstat(self._fd).st_ino:
+                raise FileNotFoundError(str(self._path))  # replaced since we locked it
+            splice.receive(
+                body.sock.fileno(),
+                write_fd,
+                read_fd,
+                self._size,
+                body.length,
+                hasher,
+                body.timeout,
+                grew,
+            )
+        finally:
+            os.close(write_fd)
+            os.close(read_fd)
+
+    def _grew(self, count: int) -> None:
+        self._size += count
         if (
             self._flush_fd >= 0
             and self._size >= self._flush_at
