@@ -31,6 +31,16 @@ def assert_downloaded_through_redirect(registry: Server, name: str) -> None:
         assert 307 in statuses, statuses
 
 
+def assert_uploaded_through_data_port(registry: Server, name: str, min_bytes: int = 1) -> None:
+    """On Dockyard's defaults, uploads to repository ``name`` went to the data port the
+    upload's Location named (its access-log route), and it received at least ``min_bytes``
+    of blob content there."""
+    if TARGET == "dockyard":
+        entries = registry.access_log("dataport-upload", name)
+        assert any(e["method"] == "PUT" and e["status"] == 201 for e in entries), entries
+        assert sum(e["bytes_in"] for e in entries) >= min_bytes, entries
+
+
 @dataclass(frozen=True)
 class Manifest:
     body: bytes

@@ -12,7 +12,7 @@ import pytest
 from tests.e2e.client_logs import assert_mounted
 from tests.e2e.containers_tools import ContainersTools
 from tests.e2e.images import HELLO_PATH, HELLO_TEXT, ImageSet
-from tests.e2e.registry_api import RegistryAPI
+from tests.e2e.registry_api import RegistryAPI, assert_uploaded_through_data_port
 from tests.support.processes import Server
 
 pytestmark = pytest.mark.e2e
@@ -71,6 +71,7 @@ def test_from_scratch_push_and_pull(
     assert api.read_file(name, "v1", BUILT_PATH) == content.read_bytes()
     config = api.blob(name, served.parsed["config"]["digest"])
     assert b'"dockyard.e2e":"yes"' in config
+    assert_uploaded_through_data_port(registry, name, len(config))
 
     tools.buildah("rmi", "--force", image)
     pulled_log = tools.buildah("pull", "--tls-verify=false", dest).stderr

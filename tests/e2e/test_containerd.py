@@ -11,7 +11,7 @@ from tests.e2e.client_logs import assert_mounted
 from tests.e2e.containers_tools import ContainersTools
 from tests.e2e.daemons import Containerd
 from tests.e2e.images import HELLO_PATH, HELLO_TEXT, PLATFORM_PATH, ImageSet
-from tests.e2e.registry_api import RegistryAPI
+from tests.e2e.registry_api import RegistryAPI, assert_uploaded_through_data_port
 from tests.support.processes import Server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("containerd")]
@@ -128,3 +128,4 @@ def test_import_then_push_uploads(
         api.verify(name, tag, digest)
     assert api.read_file(name, "multi", HELLO_PATH) == HELLO_TEXT.encode()
     assert sorted(api.tags(name)) == ["index", "multi"]
+    assert_uploaded_through_data_port(registry, name)

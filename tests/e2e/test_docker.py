@@ -23,7 +23,11 @@ from tests.e2e.images import (
     ImageSet,
 )
 from tests.e2e.layout import DOCKER_MANIFEST
-from tests.e2e.registry_api import RegistryAPI, assert_downloaded_through_redirect
+from tests.e2e.registry_api import (
+    RegistryAPI,
+    assert_downloaded_through_redirect,
+    assert_uploaded_through_data_port,
+)
 from tests.support.processes import Server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("docker")]
@@ -71,6 +75,8 @@ def test_load_push_pull_run(
     assert served.media_type == DOCKER_MANIFEST
     assert served.parsed["config"]["digest"] == images.multi.config_digest
     assert api.read_file(first, "v1", HELLO_PATH) == HELLO_TEXT.encode()
+    # docker streams each layer in one chunked PATCH to the upload's Location
+    assert_uploaded_through_data_port(registry, first)
 
     # Into a second repository the layers are mounted, not uploaded again.
     pushed2 = dockerd.docker("push", ref2).stdout

@@ -19,7 +19,12 @@ from tests.e2e.containers_tools import ContainersTools
 from tests.e2e.images import ImageSet
 from tests.e2e.layout import OCI_EMPTY, OCI_INDEX, OCI_MANIFEST, sha256_bytes
 from tests.e2e.oras_client import fast_retries, make_client
-from tests.e2e.registry_api import TARGET, RegistryAPI, assert_downloaded_through_redirect
+from tests.e2e.registry_api import (
+    TARGET,
+    RegistryAPI,
+    assert_downloaded_through_redirect,
+    assert_uploaded_through_data_port,
+)
 from tests.support.processes import Server
 
 pytestmark = pytest.mark.e2e
@@ -92,6 +97,7 @@ def test_artifact_push_and_pull(
     assert (out / "payload.bin").read_bytes() == payload.read_bytes()
     assert oras_client.get_tags(f"{registry.host}/{name}") == ["v1"]
     assert_downloaded_through_redirect(registry, name)
+    assert_uploaded_through_data_port(registry, name, payload.stat().st_size)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from tests.e2e.client_logs import assert_mounted
 from tests.e2e.containers_tools import ContainersTools
 from tests.e2e.images import HELLO_PATH, HELLO_TEXT, PLATFORM_PATH, ImageRef, ImageSet
 from tests.e2e.layout import DOCKER_CONFIG, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, sha256_file
-from tests.e2e.registry_api import RegistryAPI
+from tests.e2e.registry_api import RegistryAPI, assert_uploaded_through_data_port
 from tests.support.processes import Server
 
 pytestmark = pytest.mark.e2e
@@ -139,6 +139,8 @@ def test_large_layer(
     api.verify(name, "v1", digest)  # streams and hashes the ~100 MiB layer
 
     big = images.large.layer_digests[-1]
+    # what was not mounted from an earlier test's repository went to the data port
+    assert_uploaded_through_data_port(registry, name)
     head = api.head_blob(name, big)
     assert head.status_code == 200
     assert int(head.headers["content-length"]) == images.blob_path(big).stat().st_size

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -120,18 +121,20 @@ class Server:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def blob_get_statuses(self, name: str) -> list[int]:
-        """The statuses of blob GETs in repository ``name``, from Dockyard's access log."""
-        statuses = []
+    def access_log(self, route: str, name: str) -> list[dict[str, Any]]:
+        """Dockyard's access-log entries of ``route`` in repository ``name``."""
+        entries = []
         for line in self.log().splitlines():
             if not line.startswith("{"):
                 continue
             entry = json.loads(line)
-            if (entry.get("route"), entry.get("method")) == ("blob", "GET") and (
-                f"/v2/{name}/blobs/" in entry.get("path", "")
-            ):
-                statuses.append(int(entry["status"]))
-        return statuses
+            if entry.get("route") == route and f"/v2/{name}/blobs/" in entry.get("path", ""):
+                entries.append(entry)
+        return entries
+
+    def blob_get_statuses(self, name: str) -> list[int]:
+        """The statuses of blob GETs in repository ``name``, from Dockyard's access log."""
+        return [int(e["status"]) for e in self.access_log("blob", name) if e["method"] == "GET"]
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         kill_tree(self.proc, sig)

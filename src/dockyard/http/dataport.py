@@ -5,13 +5,14 @@ aiohttp sends the file with ``sendfile(2)`` (http/sendfile.py).
 
 Uploads: an upload's ``Location`` (from ``POST /v2/<name>/blobs/uploads/``) is a signed
 link here when the client can reach this port, so its PATCHes and final PUT come here.
-A PATCH or PUT whose body has a ``Content-Length`` is answered by this module itself: it
-reads the request head without taking anything else off the socket (``MSG_PEEK``; h11
-parses it), and the body goes from the socket to the upload's file with ``splice(2)``
-while another thread hashes it (storage/splice.py): no copy through user space, two cores
-instead of one. Every other request (downloads, chunked bodies, anything unusual, and a
-connection for good once it had one of those) is handed to aiohttp, which serves the same
-upload links through the same handlers, with the body as chunks. Either way the upload is
+A PATCH or PUT whose body has a ``Content-Length`` (and an upload's GET or DELETE) is
+answered by this module itself: it reads the request head without taking anything else off
+the socket (``MSG_PEEK``; h11 parses it), and the body goes from the socket to the
+upload's file with ``splice(2)`` while another thread hashes it (storage/splice.py): no
+copy through user space, two cores instead of one. Every other request (downloads, chunked
+bodies, anything unusual, and a connection for good once it had one of those) is handed to
+aiohttp, which serves the same upload links through the same handlers, with the body as
+chunks. Either way the upload is
 the registry's own: the same checks, errors and commit as on the registry port.
 
 A link names the repository and the upload, expires after an hour and carries an
@@ -49,6 +50,7 @@ UPLOAD_PATH = re.compile(r"^/v2/(?P<name>.+)/blobs/uploads/(?P<upload>[^/]+)$")
 MAX_HEAD = 64 * 1024  # a longer request head goes to aiohttp (which refuses it)
 IDLE_SECONDS = 75.0  # a kept-alive connection with no new request is closed after this
 DRAIN_LIMIT = 16 * 1024 * 1024  # an unread body up to this is read, to answer, not reset
+ROUTE = "dataport-upload"  # the route label of these requests in metrics and the access log
 Recorder = Callable[[Request, str, int, int, int, float], None]
 
 
@@ -136,7 +138,7 @@ class DataPort:
     async def _connection(self, sock: socket.socket, address: Any) -> None:
         loop = asyncio.get_running_loop()
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        client = str(address[0]) if isinstance(address, tuple) else ""
+        client = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else ""
         kept = False
         try:
             while True:
@@ -177,7 +179,7 @@ class DataPort:
         )
         await asyncio.get_running_loop().sock_sendall(sock, _serialize(response, keep))
         self.uploads.record(
-            request, "upload", response.status, body.received, len(response.body), started
+            request, ROUTE, response.status, body.received, len(response.body), started
         )
         return keep
 
@@ -265,8 +267,9 @@ async def _peek_head(sock: socket.socket) -> bytes | None:
 
 
 def _fast_request(head: bytes, sock: socket.socket, client: str) -> Request | None:
-    """The request, if it is an upload PATCH or PUT with a plain Content-Length body."""
-    if not head or not head.startswith((b"PATCH ", b"PUT ")):
+    """The request, if it is for an upload link: a PATCH or PUT with a plain Content-Length
+    body, or a GET or DELETE without a body."""
+    if not head.startswith((b"PATCH ", b"PUT ", b"GET ", b"DELETE ")):
         return None
     parser = h11.Connection(h11.SERVER)
     parser.receive_data(head)
@@ -278,7 +281,11 @@ def _fast_request(head: bytes, sock: socket.socket, client: str) -> Request | No
         return None
     headers = HeaderList([(k.decode("latin-1"), v.decode("latin-1")) for k, v in event.headers])
     length = headers.get("content-length")
-    if length is None or headers.get("transfer-encoding") or headers.get("expect"):
+    if headers.get("transfer-encoding") or headers.get("expect"):
+        return None
+    if event.method in (b"PATCH", b"PUT") and length is None:
+        return None
+    if event.method in (b"GET", b"DELETE") and length not in (None, "0"):
         return None
     target = event.target.decode("latin-1")
     path, _, query = target.partition("?")
@@ -289,7 +296,7 @@ def _fast_request(head: bytes, sock: socket.socket, client: str) -> Request | No
         path=path,
         query_string=query,
         headers=headers,
-        body=SocketBody(sock, int(length)),
+        body=SocketBody(sock, int(length or 0)),
         client=client,
         data_port=True,
     )
@@ -325,16 +332,14 @@ def aiohttp_handler(uploads: UploadLinks) -> Callable[[web.Request], Any]:
             query_string=aio.query_string,
             headers=HeaderList(list(aio.headers.items())),
             body=counted,
-            client=aio.remote or "",
+            client=_peer(aio),
             data_port=True,
         )
         response = await uploads.answer(request)
         if response.status >= 400 and not counted.done:
             with contextlib.suppress(Exception):
                 await request.drain()
-        uploads.record(
-            request, "upload", response.status, counted.count, len(response.body), started
-        )
+        uploads.record(request, ROUTE, response.status, counted.count, len(response.body), started)
         headers = [API_VERSION_HEADER, *response.headers]
         return web.Response(
             status=response.status,
@@ -343,6 +348,11 @@ def aiohttp_handler(uploads: UploadLinks) -> Callable[[web.Request], Any]:
         )
 
     return handle
+
+
+def _peer(aio: web.Request) -> str:
+    peer = aio.transport.get_extra_info("peername") if aio.transport is not None else None
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else (aio.remote or "")
 
 
 class _CountedContent:

@@ -97,13 +97,15 @@ class BlobLinks:
         path = f"/blobs/{quote(digest, safe=':')}"
         return self._signed(path, digest, self.ttl_seconds, host_header, now)
 
-    def upload_url(self, name: str, upload_id: str, host_header: str | None) -> str:
+    def upload_url(
+        self, name: str, upload_id: str, host_header: str | None, now: float | None = None
+    ) -> str:
         """Where the client sends the rest of upload ``upload_id`` of repository ``name``:
         the data port, with a link that is the authorisation (the client does not send
         its registry credentials to another port)."""
         path = f"/v2/{name}/blobs/uploads/{upload_id}"
         subject = _upload_subject(name, upload_id)
-        return self._signed(path, subject, UPLOAD_LINK_SECONDS, host_header, None)
+        return self._signed(path, subject, UPLOAD_LINK_SECONDS, host_header, now)
 
     def registry_url(self, host_header: str | None) -> str | None:
         """The registry port's address for a client of the data port (None when the data
