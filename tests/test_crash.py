@@ -115,7 +115,8 @@ def test_kill_9_during_large_streamed_uploads(tmp_path: Path) -> None:
     check_database(data_dir)
     assert bad_blob_files(data_dir) == []
 
-    server = start_dockyard(data_dir, "--workers", "2")
+    # on the same port: the upload links name it (and its data port, the one above)
+    server = start_dockyard(data_dir, "--workers", "2", port=int(server.url.rsplit(":", 1)[1]))
     try:
         with OciClient(server.url) as client:
             for image in images:

@@ -275,3 +275,22 @@ def test_no_data_port_no_upload_links(tmp_path: Path) -> None:
         data = b"through the registry port"
         final = httpx.put(f"{srv.url}{location}?digest={digest_of(data)}", content=data)
         assert final.status_code == 201
+
+
+def test_an_upload_link_outlives_a_restart(tmp_path: Path) -> None:
+    """The key that signs links is made once and kept (0600) with the token keys: a push
+    interrupted by a restart carries on at its link."""
+    data = os.urandom(MIB)
+    with running_dockyard(tmp_path / "data") as srv:
+        port = port_of(srv)
+        location = start(srv, "dp/restart")
+        first = httpx.patch(location, content=data[:1000])
+        assert first.status_code == 202, first.text
+    key = tmp_path / "data" / "keys" / "link-secret"
+    assert key.stat().st_mode & 0o777 == 0o600
+    with running_dockyard(tmp_path / "data", port=port) as srv:
+        rest = httpx.put(
+            first.headers["location"] + f"&digest={digest_of(data)}", content=data[1000:]
+        )
+        assert rest.status_code == 201, rest.text
+        assert httpx.get(f"{srv.url}/v2/dp/restart/blobs/{digest_of(data)}").content == data

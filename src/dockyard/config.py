@@ -184,7 +184,7 @@ class Settings(BaseSettings):
     sendfile_secret: str | None = Field(
         None,
         description="key that signs the links; set the same on every node behind one load "
-        "balancer. Default: random at each start",
+        "balancer. Default: random, made once and kept in <keys_dir>/link-secret",
     )
 
     @field_validator("listen")

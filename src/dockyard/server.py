@@ -8,6 +8,7 @@ import shutil
 import socket
 import sys
 import tempfile
+from pathlib import Path
 
 from dockyard.auth.management import ensure_first_admin
 from dockyard.config import SENDFILE_AUTO, Settings, host_port, is_loopback, parse_listen
@@ -134,6 +135,25 @@ _GRANIAN_LOGS_TO_STDERR = {
 }
 
 
+def stored_link_secret(keys_dir: Path) -> str:
+    """The key that signs data-port links, made once and kept in the keys directory."""
+    keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = keys_dir / "link-secret"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        secret = path.read_text().strip()
+        if len(secret) >= 32:
+            return secret
+        raise ServeRefused(f"{path} holds no usable key: remove it to make a new one") from None
+    secret = secrets.token_hex(32)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secret + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    return secret
+
+
 def serve(settings: Settings) -> None:
     from granian.constants import HTTPModes, Interfaces, Loops, SSLProtocols
     from granian.server import Server
@@ -147,8 +167,10 @@ def serve(settings: Settings) -> None:
     if sendfile_choice:
         print(f"  {sendfile_choice}", file=sys.stderr, flush=True)
     if settings.sendfile_listen is not None and settings.sendfile_secret is None:
-        # every worker signs and checks links with the same key
-        settings = settings.model_copy(update={"sendfile_secret": secrets.token_hex(32)})
+        # every worker signs and checks links with the same key, kept across restarts
+        # (an upload's link must still work after one)
+        secret = stored_link_secret(settings.resolved_keys_dir)
+        settings = settings.model_copy(update={"sendfile_secret": secret})
     from dockyard.http.app import SERVER_PID_ENV, SETTINGS_ENV
 
     os.environ[SETTINGS_ENV] = settings.model_dump_json()
