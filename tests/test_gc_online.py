@@ -48,6 +48,7 @@ from tests.support.oci_client import (
     OCI_MANIFEST,
     explain,
     sha256_digest,
+    with_digest,
 )
 from tests.support.processes import (
     ProcessDied,
@@ -1056,7 +1057,7 @@ def test_worker_once_purges_stale_uploads_and_collects(tmp_path: Path) -> None:
             for method, url, extra in (
                 ("GET", stale, {}),
                 ("PATCH", stale, {"content": rest, "headers": octets}),
-                ("PUT", f"{stale}?digest={digest}", {"content": rest, "headers": octets}),
+                ("PUT", with_digest(stale, digest), {"content": rest, "headers": octets}),
             ):
                 for _ in range(3):  # whichever server process answers
                     answer = client.request(method, url, **extra)
@@ -1064,7 +1065,7 @@ def test_worker_once_purges_stale_uploads_and_collects(tmp_path: Path) -> None:
                     assert answer.json()["errors"][0]["code"] == "BLOB_UPLOAD_UNKNOWN"
             # the upload written to a moment ago was kept, and finishes
             finished = client.request(
-                "PUT", f"{fresh}?digest={digest}", content=rest, headers=octets
+                "PUT", with_digest(fresh, digest), content=rest, headers=octets
             )
             assert finished.status_code == 201, explain(finished)
             pulled = client.request("GET", f"/v2/worker/uploads/blobs/{digest}")

@@ -19,6 +19,7 @@ import pytest
 from dockyard.auth.keys import libtrust_kid
 from tests.auth import issuer as ext
 from tests.auth.issuer import ISSUER, REALM, SERVICE
+from tests.support.oci_client import with_digest
 from tests.support.processes import Server, dockyard_command, start_dockyard, wait_until
 
 BLOB = b"a layer pushed with a token from the external issuer\n"
@@ -87,8 +88,7 @@ def push_blob(client: httpx.Client, repository: str, token: str) -> httpx.Respon
         return started
     location = urljoin(str(client.base_url), started.headers["Location"])
     return client.put(
-        location,
-        params={"digest": DIGEST},
+        with_digest(location, DIGEST),
         content=BLOB,
         headers={**bearer(token), "Content-Type": "application/octet-stream"},
     )

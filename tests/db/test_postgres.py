@@ -39,6 +39,7 @@ from dockyard.db.schema import metadata
 from dockyard.oci import mediatypes as mt
 from tests.registry.conftest import open_registry
 from tests.registry.test_core import digest_of, push_image
+from tests.support.oci_client import with_digest
 from tests.support.processes import dockyard_command, running_dockyard
 
 
@@ -250,7 +251,7 @@ def test_a_served_registry_on_postgresql(postgres_url: str, tmp_path: Path) -> N
         patched = http.patch(location, content=layer[:1000])
         assert patched.status_code == 202, patched.text
         finished = http.put(
-            patched.headers["Location"], params={"digest": layer_digest}, content=layer[1000:]
+            with_digest(patched.headers["Location"], layer_digest), content=layer[1000:]
         )
         assert finished.status_code == 201, finished.text
         put = http.put(

@@ -127,9 +127,8 @@ class OciClient:
         self, location: str, digest: str, body: bytes | Iterable[bytes] = b""
     ) -> httpx.Response:
         """The final PUT ?digest= (not asserted)."""
-        separator = "&" if "?" in location else "?"
         headers = {"Content-Type": "application/octet-stream"}
-        return self.http.put(f"{location}{separator}digest={digest}", content=body, headers=headers)
+        return self.http.put(with_digest(location, digest), content=body, headers=headers)
 
     def push_blob(self, repository: str, data: bytes, chunk_size: int | None = None) -> str:
         """POST + PATCH chunks + PUT (or POST ?digest= when ``chunk_size`` is 0)."""
@@ -208,3 +207,11 @@ def explain(response: httpx.Response) -> str:
     request = response.request
     body = response.text[:500] if not response.is_success else ""
     return f"{request.method} {request.url.path} -> {response.status_code} {body}"
+
+
+def with_digest(location: str, digest: str) -> str:
+    """An upload's Location with ``digest=`` added to its query: a Location may carry a
+    query of its own (Dockyard's data-port links are signed there, Distribution's carry
+    ``_state``), which the final PUT must keep."""
+    separator = "&" if "?" in location else "?"
+    return f"{location}{separator}digest={digest}"
