@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -294,3 +295,19 @@ def test_an_upload_link_outlives_a_restart(tmp_path: Path) -> None:
         )
         assert rest.status_code == 201, rest.text
         assert httpx.get(f"{srv.url}/v2/dp/restart/blobs/{digest_of(data)}").content == data
+
+
+def test_curl_waiting_for_100_continue(server: Server, tmp_path: Path) -> None:
+    """curl asks ``Expect: 100-continue`` before a large body: aiohttp answers that."""
+    data = os.urandom(2 * MIB)
+    blob = tmp_path / "blob"
+    blob.write_bytes(data)
+    location = start(server, "dp/curl")
+    done = subprocess.run(
+        ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT",
+         "-H", "Content-Type: application/octet-stream", "--data-binary", f"@{blob}",
+         location + f"&digest={digest_of(data)}"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert done.stdout == "201", done.stderr
+    assert httpx.get(f"{server.url}/v2/dp/curl/blobs/{digest_of(data)}").content == data

@@ -157,6 +157,8 @@ class DataPort:
                     return
         except (TimeoutError, OSError):
             return
+        except Exception:
+            log.exception("data port connection from %s failed", client)
         finally:
             if not kept:
                 sock.close()
@@ -167,8 +169,7 @@ class DataPort:
         body = request.body
         assert isinstance(body, SocketBody)
         response = await self.uploads.answer(request)
-        left = body.length - body.received
-        if 0 < left <= DRAIN_LIMIT and response.status < 500:
+        if body.received == 0 and 0 < body.length <= DRAIN_LIMIT and response.status < 500:
             # refused before the body was read (416, 403, ...): read it, so that the client
             # gets the answer rather than a reset connection
             with contextlib.suppress(OSError, asyncio.TimeoutError):
