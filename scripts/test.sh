@@ -9,7 +9,7 @@ SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
 # Real clients and the reference registry the tests run against (see docs/testing.md).
-PACKAGES=(skopeo podman buildah docker.io containerd docker-registry busybox-static uidmap postgresql redis-server)
+PACKAGES=(skopeo podman buildah docker.io containerd docker-registry busybox-static uidmap postgresql redis-server curl)
 missing=()
 for pkg in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
