@@ -9,10 +9,12 @@ from __future__ import annotations
 import os
 import random
 import signal
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -271,3 +273,54 @@ def test_kill_9_of_the_master_alone_stops_its_workers(tmp_path: Path) -> None:
         )
     finally:
         kill_group_hard(server.proc)
+
+
+def test_kill_9_during_a_spliced_upload(tmp_path: Path) -> None:
+    """kill -9 while a PATCH body is being spliced into its upload on the data port: the
+    registry starts again consistent, nothing half-written is visible, and the upload
+    carries on from the size the registry reports."""
+    data_dir = tmp_path / "data"
+    repository = "crash/spliced"
+    kept = random_image(repository, "v1", (200_000,))
+    body = os.urandom(32 * MiB)
+    server = start_dockyard(data_dir, "--workers", "2")
+    port = int(server.url.rsplit(":", 1)[1])
+    try:
+        with OciClient(server.url) as client:
+            client.push_image(kept)
+            location = client.start_upload(repository)
+        link = urlsplit(location)
+        assert link.port == port + 1  # the data port
+        with socket.create_connection(("127.0.0.1", port + 1), timeout=30) as sock:
+            sock.sendall(
+                f"PATCH {link.path}?{link.query} HTTP/1.1\r\nHost: 127.0.0.1:{port + 1}\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body[: 8 * MiB]
+            )
+            with OciClient(server.url) as observer:
+                wait_until(
+                    lambda: upload_size(observer, location) > 0,
+                    30,
+                    "the data port to splice part of the body",
+                )
+            kill_group_hard(server.proc)
+    finally:
+        server.stop()
+    check_database(data_dir)
+    assert bad_blob_files(data_dir) == []
+
+    server = start_dockyard(data_dir, "--workers", "2", port=port)
+    try:
+        with OciClient(server.url) as client:
+            client.check_image(kept)
+            assert client.blob_status(repository, sha256_digest(body)) == 404
+            received = upload_size(client, location)
+            assert 0 < received <= 8 * MiB
+            response = client.patch(location, body[received:], start=received)
+            assert response.status_code == 202, explain(response)
+            response = client.finish_upload(response.headers["Location"], sha256_digest(body))
+            assert response.status_code == 201, explain(response)
+            assert client.get_blob(repository, sha256_digest(body)) == body
+        check_database(data_dir)
+    finally:
+        server.stop()
