@@ -2,9 +2,10 @@
 
 Bytes are appended to the blob store's upload area while a running hash advances, inline
 on the event loop (one write and one hash update per received chunk), or, for a body still
-in its socket (the data port's uploads), by the writer itself on a transfer thread. The running hash
-lives in the process that received the bytes; a chunk or a final PUT that lands in another
-worker process re-hashes the bytes already stored (from disk, ~1.2 GB/s) and carries on.
+in its socket (the data port's uploads), by the writer itself on a transfer thread. The
+running hash lives in the process that received the bytes; a chunk or a final PUT that lands
+in another worker process re-hashes the bytes already stored (from disk, ~1.2 GB/s) and
+carries on.
 """
 
 from __future__ import annotations
