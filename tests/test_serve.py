@@ -401,7 +401,7 @@ def test_tls(tmp_path: Path, certificate: tuple[Path, Path]) -> None:
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{server.url}/v2/", verify=ssl.create_default_context())
         # no plain-HTTP download port beside a TLS registry
-        assert "zero-copy blob downloads are off: TLS is on" in server.log()
+        assert "(zero-copy blob downloads and uploads) is off: TLS is on" in server.log()
         assert not listening_hosts(int(server.url.rsplit(":", 1)[1]) + 1)
     finally:
         server.stop()

@@ -60,12 +60,12 @@ def resolve_sendfile(settings: Settings) -> tuple[Settings, str]:
             why_not = str(exc)
     if why_not:
         return settings.model_copy(update={"sendfile_listen": None}), (
-            f"zero-copy blob downloads are off: {why_not}"
+            f"the data port (zero-copy blob downloads and uploads) is off: {why_not}"
         )
     side = host_port(settings.host, settings.port + 1)
     return settings.model_copy(update={"sendfile_listen": side}), (
-        f"zero-copy blob downloads: large blob GETs are redirected to {side} "
-        "(sendfile_listen: off turns this off)"
+        f"data port {side}: large blob GETs are redirected there and uploads sent there, "
+        "zero-copy (sendfile_listen: off turns this off)"
     )
 
 
