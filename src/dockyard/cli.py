@@ -53,8 +53,8 @@ def main() -> None:
 )
 @click.option(
     "--sendfile-listen",
-    help="HOST:PORT that sends large blobs with sendfile(2), `auto` (the listen port + 1 on "
-    "plain HTTP) or `off` [auto]",
+    help="HOST:PORT of the data port (zero-copy blob downloads and uploads), `auto` (the "
+    "listen port + 1 on plain HTTP) or `off` [auto]",
 )
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option("--access-log/--no-access-log", default=None, help="one JSON line per request")

@@ -165,12 +165,13 @@ class Settings(BaseSettings):
     retention_interval_seconds: int = Field(
         0, ge=0, description="apply retention policies this often in `dockyard worker`; 0: never"
     )
-    # zero-copy blob downloads through a second port (dockyard.http.sendfile)
+    # the data port: zero-copy blob downloads and uploads (dockyard.http.dataport)
     sendfile_listen: str | None = Field(
         "auto",
-        description="HOST:PORT of a second port that sends blobs with sendfile(2); blob GETs "
-        "are redirected there with signed links. `auto` (default): the listen address's port "
-        "+ 1 on plain HTTP with filesystem storage, when that port is free; `off`: never",
+        description="HOST:PORT of the data port: blob GETs are redirected there and uploads "
+        "sent there with signed links, the bytes moved with sendfile(2) and splice(2). "
+        "`auto` (default): the listen address's port + 1 on plain HTTP with filesystem "
+        "storage, when that port is free; `off`: never",
     )
     sendfile_url: str | None = Field(
         None,

@@ -139,18 +139,24 @@ def stored_link_secret(keys_dir: Path) -> str:
     """The key that signs data-port links, made once and kept in the keys directory."""
     keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = keys_dir / "link-secret"
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        secret = path.read_text().strip()
-        if len(secret) >= 32:
-            return secret
-        raise ServeRefused(f"{path} holds no usable key: remove it to make a new one") from None
-    secret = secrets.token_hex(32)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(secret + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+    if not path.exists():
+        # written whole under a name of its own, then linked into place: a server starting
+        # beside this one reads the whole key or makes its own attempt, never half a file
+        temporary = keys_dir / f"link-secret.{os.getpid()}.tmp"
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(32) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            pass  # another server made it first: use theirs
+        finally:
+            temporary.unlink()
+    secret = path.read_text().strip()
+    if len(secret) < 32:
+        raise ServeRefused(f"{path} holds no usable key: remove it to make a new one")
     return secret
 
 

@@ -27,6 +27,7 @@ from dockyard.http.api import ManagementAPI
 from dockyard.http.messages import (
     API_VERSION_HEADER,
     DRAIN_LIMIT,
+    CountingBody,
     Request,
     Response,
     error_response,
@@ -56,19 +57,6 @@ _SEGMENT = r"[^/]+"
 # A digest may hide slashes after its algorithm ("sha256:../../x"): match it whole, so that it
 # is refused as a bad digest rather than as an unknown path.
 _DIGEST = r"[^/:]+:.*|[^/]+"
-
-
-class _CountingBody:
-    """The request body, counting the bytes that pass."""
-
-    def __init__(self, proto: Any) -> None:
-        self._proto = proto
-        self.count = 0
-
-    async def __aiter__(self) -> Any:
-        async for chunk in self._proto:
-            self.count += len(chunk)
-            yield chunk
 
 
 def sendfile_links(settings: Settings) -> BlobLinks | None:
@@ -212,7 +200,7 @@ class App:
                 self._tasks.append(serving)
         except Exception:
             # blob GETs then keep redirecting to a port nobody serves: make it loud
-            log.exception("the sendfile port %s could not be served", host_port(host, port))
+            log.exception("the data port %s could not be served", host_port(host, port))
 
     async def housekeeping(self) -> None:
         """Purge stale uploads now and then (every worker may; the purge is idempotent)."""
@@ -278,7 +266,7 @@ class App:
                     self.record(scope, route_name, response.status, 0, sent, started)
                     return
         token = self.cache.token() if key is not None else None
-        body = _CountingBody(proto)
+        body = CountingBody(proto)
         request = Request(
             method=method,
             path=scope.path,
@@ -364,7 +352,7 @@ class App:
                 await self.audit_change(request, route_name, params, caller)
             return response, route_name
         except RegistryError as error:
-            if isinstance(request.body, _CountingBody) and request.body.count == 0:
+            if isinstance(request.body, CountingBody) and request.body.count == 0:
                 # refused before reading a body of a sane size (413 on Content-Length, say):
                 # read it, so the client gets the answer rather than a reset connection
                 with contextlib.suppress(RegistryError):

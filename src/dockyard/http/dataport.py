@@ -29,7 +29,7 @@ import re
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
@@ -37,7 +37,13 @@ import h11
 from aiohttp import web
 
 from dockyard.http import sendfile
-from dockyard.http.messages import API_VERSION_HEADER, Request, Response, error_response
+from dockyard.http.messages import (
+    API_VERSION_HEADER,
+    CountingBody,
+    Request,
+    Response,
+    error_response,
+)
 from dockyard.http.sendfile import BlobLinks
 from dockyard.http.v2_blobs import BlobEndpoints
 from dockyard.oci.errors import Denied, MethodNotAllowed, NotFound, RegistryError, Unavailable
@@ -308,16 +314,19 @@ def _serialize(response: Response, keep_alive: bool) -> bytes:
         reason = HTTPStatus(response.status).phrase
     except ValueError:
         reason = ""
-    headers = [
-        API_VERSION_HEADER,
-        *((k, v) for k, v in response.headers if k.lower() != "content-length"),
-        ("Content-Length", str(len(response.body))),
-    ]
+    headers = [*_headers(response), ("Content-Length", str(len(response.body)))]
     if not keep_alive:
         headers.append(("Connection", "close"))
     head = f"HTTP/1.1 {response.status} {reason}\r\n"
     head += "".join(f"{k}: {v}\r\n" for k, v in headers) + "\r\n"
     return head.encode("latin-1") + response.body
+
+
+def _headers(response: Response) -> list[tuple[str, str]]:
+    """The response's headers with the API version, without Content-Length (each server
+    writes that for the body it sends)."""
+    kept = [(k, v) for k, v in response.headers if k.lower() != "content-length"]
+    return [API_VERSION_HEADER, *kept]
 
 
 # --- the same links through aiohttp (chunked bodies, connections it has taken) ---------------
@@ -326,7 +335,7 @@ def _serialize(response: Response, keep_alive: bool) -> bytes:
 def aiohttp_handler(uploads: UploadLinks) -> Callable[[web.Request], Any]:
     async def handle(aio: web.Request) -> web.Response:
         started = time.perf_counter()
-        counted = _CountedContent(aio)
+        counted = CountingBody(aio.content.iter_any())
         request = Request(
             method=aio.method,
             path=aio.path,
@@ -337,16 +346,11 @@ def aiohttp_handler(uploads: UploadLinks) -> Callable[[web.Request], Any]:
             data_port=True,
         )
         response = await uploads.answer(request)
-        if response.status >= 400 and not counted.done:
+        if response.status >= 400:  # a body already read to its end drains at once
             with contextlib.suppress(Exception):
                 await request.drain()
         uploads.record(request, ROUTE, response.status, counted.count, len(response.body), started)
-        headers = [API_VERSION_HEADER, *response.headers]
-        return web.Response(
-            status=response.status,
-            body=response.body,
-            headers=[(k, v) for k, v in headers if k.lower() != "content-length"],
-        )
+        return web.Response(status=response.status, body=response.body, headers=_headers(response))
 
     return handle
 
@@ -354,16 +358,3 @@ def aiohttp_handler(uploads: UploadLinks) -> Callable[[web.Request], Any]:
 def _peer(aio: web.Request) -> str:
     peer = aio.transport.get_extra_info("peername") if aio.transport is not None else None
     return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else (aio.remote or "")
-
-
-class _CountedContent:
-    def __init__(self, aio: web.Request) -> None:
-        self._content = aio.content
-        self.count = 0
-        self.done = False
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._content.iter_any():
-            self.count += len(chunk)
-            yield chunk
-        self.done = True

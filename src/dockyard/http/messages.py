@@ -25,6 +25,19 @@ class Body(Protocol):
     def __aiter__(self) -> AsyncIterator[bytes]: ...
 
 
+class CountingBody:
+    """A request body from a server's chunks, counting the bytes that pass."""
+
+    def __init__(self, chunks: AsyncIterable[bytes]) -> None:
+        self._chunks = chunks
+        self.count = 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._chunks:
+            self.count += len(chunk)
+            yield chunk
+
+
 @dataclass
 class Request:
     method: str
